@@ -52,6 +52,13 @@ export interface ModelConfig {
   attentionBias: boolean;
   /** Mistral sliding-window attention span, or null. */
   slidingWindow: number | null;
+  /**
+   * True for checkpoints written by `wina transform`: config.json has `"wina_transform": {...}` and each
+   * layer has `model.layers.{i}.attn_shortcut.weight` and `model.layers.{i}.mlp_shortcut.weight`
+   * ([hidden, hidden], y = W r) that rotate the residual stream before each residual add:
+   * r = W_attn_shortcut r + attn(r);  r = W_mlp_shortcut r + mlp(r).
+   */
+  residualRotations: boolean;
   bosTokenId: number | null;
   eosTokenIds: number[];
 }
