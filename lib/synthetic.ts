@@ -249,8 +249,12 @@ function tensorSpecs(cfg: HfConfig, std: number | undefined): TensorSpec[] {
   if (!Number.isInteger(headDim)) {
     throw new Error(`writeRandomCheckpoint: hidden_size ${hidden} is not a multiple of num_attention_heads ${heads}`);
   }
-  // Qwen2 always has q/k/v biases; Llama-family configs say so with attention_bias.
-  const qkvBias = cfg.model_type === 'qwen2' || cfg.attention_bias === true;
+  // Qwen2 always has q/k/v biases. Llama's attention_bias would also add an o_proj bias, which no
+  // supported checkpoint has, so it is refused rather than written half-right.
+  const qkvBias = cfg.model_type === 'qwen2';
+  if (cfg.attention_bias === true && !qkvBias) {
+    throw new Error('writeRandomCheckpoint: attention_bias: true is only supported for model_type "qwen2"');
+  }
   const tied = cfg.tie_word_embeddings === true;
   const s = std ?? 1 / Math.sqrt(hidden);
 
@@ -416,7 +420,7 @@ async function writeAll(fh: FileHandle, data: Uint8Array): Promise<void> {
 
 /**
  * Writes `dir/config.json` (hfConfig with torch_dtype set to the written dtype) and `dir/model.safetensors`
- * with HF tensor names: q/k/v biases for qwen2 (or attention_bias: true), no lm_head when
+ * with HF tensor names: q/k/v biases for qwen2, no lm_head when
  * tie_word_embeddings is true. Matrices and embeddings ~ N(0, std), norm weights ~ N(1, 0.05), biases
  * ~ N(0, 0.2). Deterministic in (seed, tensor name). Returns the size of model.safetensors in bytes.
  */

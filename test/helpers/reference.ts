@@ -45,7 +45,9 @@ function hfNumber(hf: Record<string, unknown>, key: string, fallback?: number): 
 export function refConfigFromHf(hf: Record<string, unknown>): RefConfig {
   const hiddenSize = hfNumber(hf, 'hidden_size');
   const numHeads = hfNumber(hf, 'num_attention_heads');
-  const rs = hf.rope_scaling as Record<string, unknown> | null | undefined;
+  // transformers >= 5 moves rope_theta and the scaling into rope_parameters.
+  const ropeParameters = (hf.rope_parameters ?? null) as Record<string, unknown> | null;
+  const rs = (hf.rope_scaling ?? ropeParameters) as Record<string, unknown> | null | undefined;
   let ropeScaling: RefRopeScaling | null = null;
   if (rs) {
     const type = rs.rope_type ?? rs.type;
@@ -56,7 +58,7 @@ export function refConfigFromHf(hf: Record<string, unknown>): RefConfig {
         highFreqFactor: hfNumber(rs, 'high_freq_factor'),
         originalMaxPositions: hfNumber(rs, 'original_max_position_embeddings'),
       };
-    } else if (type !== 'default') {
+    } else if (type !== 'default' && type !== undefined) {
       throw new Error(`refConfigFromHf: rope_scaling type ${JSON.stringify(type)} is not supported (only llama3)`);
     }
   }
@@ -74,7 +76,7 @@ export function refConfigFromHf(hf: Record<string, unknown>): RefConfig {
     headDim: hfNumber(hf, 'head_dim', hiddenSize / numHeads),
     vocabSize: hfNumber(hf, 'vocab_size'),
     rmsNormEps: hfNumber(hf, 'rms_norm_eps', 1e-6),
-    ropeTheta: hfNumber(hf, 'rope_theta', 10000),
+    ropeTheta: hfNumber(hf, 'rope_theta', (ropeParameters?.rope_theta as number | undefined) ?? 10000),
     ropeScaling,
     tieWordEmbeddings: hf.tie_word_embeddings === true,
     slidingWindow,
@@ -292,7 +294,7 @@ export function argmax(v: ArrayLike<number>): number {
 export function referenceGreedy(cfg: RefConfig, weights: Weights, prompt: number[], steps: number): number[] {
   if (prompt.length === 0) throw new Error('referenceGreedy: empty prompt');
   const session = referenceSession(cfg, weights);
-  let logits = new Float64Array(0);
+  let logits: Float64Array = new Float64Array(0);
   for (const t of prompt) logits = session.step(t);
   const out: number[] = [];
   for (let s = 0; s < steps; s++) {
