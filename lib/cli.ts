@@ -5,6 +5,7 @@ import { loadModel, DEFAULT_MODEL_PATH, type LoadOptions } from './model.js';
 import type { DtypeName } from './tensor.js';
 import type { Method, Selection, SparsityOptions } from './sparsity/plan.js';
 import { WinaLoadError } from './errors.js';
+import { generateWithStats, type GenerationStats } from './generate.js';
 
 function int(name: string, min = 0) {
   return (v: string) => {
@@ -85,12 +86,12 @@ async function runGenerate(promptArg: string | undefined, o: Record<string, unkn
       return;
     }
     if (!o.chat) process.stdout.write(prompt);
-    let stats;
-    const r = await model.complete(prompt, { ...gen });
-    stats = r.stats;
-    process.stdout.write(r.text + '\n');
-    process.stderr.write(`[${stats.promptTokens} prompt tokens, ${stats.generatedTokens} generated, ` +
-      `prefill ${stats.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${stats.decodeTokensPerSecond.toFixed(1)} tok/s, ${r.finishReason}]\n`);
+    let done: { finishReason: string; stats: GenerationStats } | null = null;
+    for await (const piece of generateWithStats(model, prompt, gen, (r) => (done = r))) process.stdout.write(piece.text);
+    process.stdout.write('\n');
+    const d = done as unknown as { finishReason: string; stats: GenerationStats };
+    process.stderr.write(`[${d.stats.promptTokens} prompt tokens, ${d.stats.generatedTokens} generated, ` +
+      `prefill ${d.stats.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${d.stats.decodeTokensPerSecond.toFixed(1)} tok/s, ${d.finishReason}]\n`);
   } finally {
     process.off('SIGINT', onSigint);
     model.dispose();

@@ -98,6 +98,9 @@ export async function* generateWithStats(model: Model, prompt: string | number[]
   const session = model.createSession({ contextLength: ctx, sparsity: options.sparsity });
   const tok = model.tokenizer;
   const detok = tok ? new StreamDetokenizer(tok) : null;
+  // The text continues the prompt: prime the detokenizer with the prompt's last token so the
+  // SentencePiece "strip one leading space" rule applies to the prompt, not to the continuation.
+  detok?.push(ids[ids.length - 1]);
   const stops = new StopMatcher(options.stop ?? []);
   const stopIds = new Set([...(tok?.eosIds ?? model.config.eosTokenIds), ...(options.stopTokens ?? [])]);
   const history = ids.slice();
