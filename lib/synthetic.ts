@@ -1,11 +1,13 @@
 // Random-weight checkpoints of real (and tiny) model shapes, for tests and benchmarks.
 //
 // writeRandomCheckpoint() writes a Hugging Face style folder (config.json + model.safetensors, HF tensor
-// names, [out, in] layout) filled with seeded pseudo-random weights. It streams one chunk at a time, so a
-// 7B model never sits in memory, and it is fast: each element is one table lookup (see normalTable()).
+// names, [out, in] layout) filled with seeded pseudo-random weights. The safetensors writer pulls one
+// tensor at a time, so a 7B model never sits in memory (the largest tensor does: 1 GB for Llama 3 8B's
+// BF16 embeddings), and it is fast: each element is one table lookup (see normalTable()).
 
-import { mkdir, open, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { writeSafetensors, type TensorSource } from './loaders/writers.js';
 
 export type SyntheticDType = 'F32' | 'BF16' | 'F16';
 export type ShapeName = 'llama-3.2-1b' | 'qwen2.5-0.5b' | 'llama-2-7b' | 'llama-3-8b' | 'mistral-7b';
@@ -374,48 +376,30 @@ function lookupTable(dtype: SyntheticDType, mean: number, std: number): Lookup {
   return Uint16Array.from(unit, (z) => bits(mean + std * z));
 }
 
-/** Fills out[0:n] from the table; returns the next PRNG state. Two 16-bit draws per xorshift32 step. */
-function fillChunk(out: Lookup, n: number, table: Lookup, state: number): number {
+/** Fills out[0:n] (rounded up to even) from the table. Two 16-bit draws per xorshift32 step. */
+function fillChunk(out: Lookup, n: number, table: Lookup, state: number): void {
   let s = state | 0;
   for (let j = 0; j < n; j += 2) {
     s ^= s << 13;
     s ^= s >>> 17;
     s ^= s << 5;
     out[j] = table[s & 0xffff];
-    out[j + 1] = table[s >>> 16]; // out has one spare slot for odd n
+    out[j + 1] = table[s >>> 16];
   }
-  return s;
 }
 
-// ---- safetensors writer --------------------------------------------------------------------------
+// ---- writing -------------------------------------------------------------------------------------
 
 const DTYPE_BYTES: Record<SyntheticDType, number> = { F32: 4, BF16: 2, F16: 2 };
 const TORCH_DTYPE: Record<SyntheticDType, string> = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' };
-const CHUNK_ELEMENTS = 1 << 21;
 
-function safetensorsHeader(specs: TensorSpec[], dtype: SyntheticDType): Buffer {
-  const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
-  let offset = 0;
-  for (const t of specs) {
-    const bytes = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
-    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
-    offset += bytes;
-  }
-  // The JSON is padded with spaces so the tensor data starts 8-byte aligned.
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const body = Buffer.from(json, 'utf8');
-  const out = Buffer.alloc(8 + body.length);
-  out.writeBigUInt64LE(BigInt(body.length), 0);
-  body.copy(out, 8);
-  return out;
-}
-
-async function writeAll(fh: FileHandle, data: Uint8Array): Promise<void> {
-  for (let done = 0; done < data.length; ) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done);
-    done += bytesWritten;
-  }
+/** One tensor's bytes, produced when the writer reaches it (so only one tensor is alive at a time). */
+function randomTensor(t: TensorSpec, dtype: SyntheticDType, seed: number): Uint8Array {
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  // One spare element: fillChunk writes values in pairs.
+  const values = dtype === 'F32' ? new Float32Array(n + 1) : new Uint16Array(n + 1);
+  fillChunk(values, n, lookupTable(dtype, t.mean, t.std), tensorState(seed, t.name));
+  return new Uint8Array(values.buffer, 0, n * DTYPE_BYTES[dtype]);
 }
 
 /**
@@ -442,37 +426,14 @@ export async function writeRandomCheckpoint(
   await mkdir(dir, { recursive: true });
   await writeFile(path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
 
-  const header = safetensorsHeader(specs, dtype);
-  const width = DTYPE_BYTES[dtype];
-  // Two buffers: one is filled while the other is being written (the write runs on libuv's pool).
-  const views: Lookup[] = [0, 1].map(() =>
-    dtype === 'F32' ? new Float32Array(CHUNK_ELEMENTS + 1) : new Uint16Array(CHUNK_ELEMENTS + 1),
-  );
-  const fh = await open(path.join(dir, 'model.safetensors'), 'w');
-  let bytes = 0;
-  try {
-    await writeAll(fh, header);
-    bytes += header.length;
-    let pending: Promise<unknown> = Promise.resolve();
-    let which = 0;
-    for (const t of specs) {
-      const table = lookupTable(dtype, t.mean, t.std);
-      let state = tensorState(seed, t.name);
-      let left = t.shape.reduce((a, b) => a * b, 1);
-      while (left > 0) {
-        const n = Math.min(left, CHUNK_ELEMENTS);
-        const view = views[which];
-        state = fillChunk(view, n, table, state);
-        await pending;
-        pending = writeAll(fh, new Uint8Array(view.buffer, 0, n * width));
-        bytes += n * width;
-        left -= n;
-        which ^= 1;
-      }
-    }
-    await pending;
-  } finally {
-    await fh.close();
-  }
+  const file = path.join(dir, 'model.safetensors');
+  const tensors: TensorSource[] = specs.map((t) => ({
+    name: t.name,
+    dtype,
+    shape: t.shape,
+    read: () => randomTensor(t, dtype, seed),
+  }));
+  await writeSafetensors(file, tensors, { format: 'pt' });
+  const { size: bytes } = await stat(file);
   return { bytes };
 }

@@ -8,9 +8,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Matrix, QrDecomposition } from 'ml-matrix';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tinyConfig, writeRandomCheckpoint } from '../lib/synthetic.js';
+import { parseModelConfig } from '../lib/loaders/config.js';
+import { openCheckpoint, readTensorAsF32 } from '../lib/loaders/index.js';
+import { shapeConfig, tinyConfig, writeRandomCheckpoint, type SyntheticDType } from '../lib/synthetic.js';
 import {
   argmax,
+  loadReferenceWeights,
   refConfigFromHf,
   referenceForward,
   referenceGreedy,
@@ -24,24 +27,6 @@ const shared = path.resolve(repoRoot, '../shared');
 const hasShared = fs.existsSync(shared);
 
 type Weights = Map<string, Float64Array | Float32Array>;
-
-// TEMPORARY stand-in until lib/loaders lands openCheckpoint/readTensorAsF32.
-async function loadReferenceWeights(dir: string): Promise<Weights> {
-  const buf = fs.readFileSync(path.join(dir, 'model.safetensors'));
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
-  const out: Weights = new Map();
-  for (const [name, e] of Object.entries(header) as [string, any][]) {
-    if (name === '__metadata__') continue;
-    const raw = buf.subarray(8 + n + e.data_offsets[0], 8 + n + e.data_offsets[1]);
-    const count = raw.length / (e.dtype === 'F32' ? 4 : 2);
-    const f = new Float32Array(count);
-    if (e.dtype === 'F32') for (let i = 0; i < count; i++) f[i] = raw.readFloatLE(4 * i);
-    else { const u = new Uint32Array(f.buffer); for (let i = 0; i < count; i++) u[i] = raw.readUInt16LE(2 * i) << 16; }
-    out.set(name, f);
-  }
-  return out;
-}
 
 const readJson = (file: string): Record<string, unknown> => JSON.parse(fs.readFileSync(file, 'utf8'));
 
@@ -301,5 +286,114 @@ describe('referenceSession', () => {
     const session = referenceSession(cfg, weights);
     tokens.forEach((t, p) => expect(maxAbsDiff(session.step(t), all[p])).toBe(0));
     expect(() => session.step(cfg.vocabSize)).toThrow(/out of range/);
+  });
+});
+
+// ---- random checkpoints --------------------------------------------------------------------------
+
+/** float32 -> bfloat16 -> float32, round to nearest even (independent of the writer's table). */
+function bf16Round(values: Float32Array): Float32Array {
+  const out = Float32Array.from(values);
+  const u = new Uint32Array(out.buffer);
+  for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;
+  return out;
+}
+
+function meanStd(v: Float32Array): { mean: number; std: number } {
+  let s = 0;
+  let ss = 0;
+  for (const x of v) {
+    s += x;
+    ss += x * x;
+  }
+  const mean = s / v.length;
+  return { mean, std: Math.sqrt(ss / v.length - mean * mean) };
+}
+
+describe('writeRandomCheckpoint round trip through openCheckpoint', () => {
+  async function written(kind: 'qwen2' | 'llama3', dtype: SyntheticDType, seed: number, std?: number) {
+    const dir = path.join(tmpRoot, `rt-${kind}-${dtype}-${seed}-${std ?? 'default'}`);
+    const { bytes } = await writeRandomCheckpoint(dir, tinyConfig(kind), { dtype, seed, std });
+    expect(bytes).toBe(fs.statSync(path.join(dir, 'model.safetensors')).size);
+    return openCheckpoint(dir);
+  }
+
+  it('tiny qwen2: arch, biases, tied embeddings without lm_head, GQA shapes', async () => {
+    const ckpt = await written('qwen2', 'BF16', 1);
+    const c = ckpt.config;
+    expect(c).toMatchObject({
+      arch: 'qwen2', hiddenSize: 96, numLayers: 2, numHeads: 6, numKvHeads: 2, headDim: 16,
+      vocabSize: 300, ropeTheta: 1e6, ropeScaling: null, tieWordEmbeddings: true, attentionBias: true,
+    });
+    // 2 layers x (4 attention + 3 biases + 3 MLP + 2 norms) + embed + final norm; no lm_head.
+    expect(ckpt.tensors.size).toBe(2 * 12 + 2);
+    expect(ckpt.tensors.has('lm_head.weight')).toBe(false);
+    expect(ckpt.tensors.get('model.layers.1.self_attn.q_proj.weight')?.shape).toEqual([96, 96]);
+    expect(ckpt.tensors.get('model.layers.1.self_attn.k_proj.weight')?.shape).toEqual([32, 96]);
+    expect(ckpt.tensors.get('model.layers.1.self_attn.v_proj.bias')?.shape).toEqual([32]);
+    expect(ckpt.tensors.get('model.layers.0.mlp.down_proj.weight')?.shape).toEqual([96, 160]);
+    expect(ckpt.tensors.get('model.embed_tokens.weight')?.shape).toEqual([300, 96]);
+    for (const t of ckpt.tensors.values()) expect(t.dtype).toBe('BF16');
+  });
+
+  it('tiny llama3: llama3 rope scaling, explicit head_dim, untied lm_head, no biases', async () => {
+    const ckpt = await written('llama3', 'F32', 1);
+    expect(ckpt.config).toMatchObject({
+      arch: 'llama', hiddenSize: 128, numHeads: 4, numKvHeads: 2, headDim: 32, tieWordEmbeddings: false,
+      attentionBias: false, ropeTheta: 500000,
+      ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 128 },
+    });
+    expect(ckpt.tensors.size).toBe(2 * 9 + 3);
+    expect(ckpt.tensors.get('lm_head.weight')?.shape).toEqual([300, 128]);
+    expect([...ckpt.tensors.keys()].some((n) => n.endsWith('.bias'))).toBe(false);
+    expect(ckpt.tensors.get('model.layers.0.self_attn.o_proj.weight')?.shape).toEqual([128, 128]);
+    expect(ckpt.tensors.get('model.layers.0.self_attn.k_proj.weight')?.shape).toEqual([64, 128]);
+  });
+
+  it('values: seeded, BF16/F16 are the roundings of the F32 values, trained-model-like scale', async () => {
+    const f32 = await written('qwen2', 'F32', 5);
+    const bf16 = await written('qwen2', 'BF16', 5);
+    const f16 = await written('qwen2', 'F16', 5);
+    const again = await written('qwen2', 'F32', 5);
+    const other = await written('qwen2', 'F32', 6);
+    const read = (ckpt: typeof f32, name: string) => readTensorAsF32(ckpt.tensors.get(name)!);
+
+    for (const name of f32.tensors.keys()) {
+      const ref = read(f32, name);
+      // (maxAbsDiff, not toEqual: deep equality over typed arrays is slow)
+      expect(maxAbsDiff(read(again, name), ref), name).toBe(0);
+      expect(maxAbsDiff(read(bf16, name), bf16Round(ref)), name).toBe(0);
+      // F16 rounds to nearest: within half an ulp, 2^-11 relative for normals, 2^-25 absolute below 2^-14.
+      const half = read(f16, name);
+      let worst = 0;
+      for (let i = 0; i < ref.length; i++) {
+        worst = Math.max(worst, Math.abs(half[i] - ref[i]) / Math.max(Math.abs(ref[i]) * 2 ** -11, 2 ** -25));
+      }
+      expect(worst, name).toBeLessThanOrEqual(1);
+      expect(maxAbsDiff(read(other, name), ref), name).toBeGreaterThan(0);
+    }
+
+    const q = meanStd(read(f32, 'model.layers.0.self_attn.q_proj.weight'));
+    expect(Math.abs(q.mean)).toBeLessThan(0.01);
+    expect(q.std).toBeCloseTo(1 / Math.sqrt(96), 2); // the default std
+    const norm = meanStd(read(f32, 'model.layers.1.input_layernorm.weight'));
+    expect(Math.abs(norm.mean - 1)).toBeLessThan(0.05);
+    const custom = await written('qwen2', 'F32', 5, 0.02);
+    expect(meanStd(read(custom, 'model.embed_tokens.weight')).std).toBeCloseTo(0.02, 3);
+  });
+
+  it('shapeConfig gives copies of the public configs, which the config parser accepts', () => {
+    const c = shapeConfig('qwen2.5-0.5b');
+    expect(c).toMatchObject({ hidden_size: 896, num_attention_heads: 14, num_key_value_heads: 2, tie_word_embeddings: true });
+    c.hidden_size = 1; // a copy: the next call is unaffected
+    expect(shapeConfig('qwen2.5-0.5b').hidden_size).toBe(896);
+    expect(shapeConfig('llama-3.2-1b')).toMatchObject({ head_dim: 64, rope_scaling: { rope_type: 'llama3', factor: 32 } });
+    expect(shapeConfig('mistral-7b')).toMatchObject({ sliding_window: 4096, num_key_value_heads: 8 });
+    expect(() => shapeConfig('gpt-2' as never)).toThrow(/unknown shape/);
+    const names = ['llama-3.2-1b', 'qwen2.5-0.5b', 'llama-2-7b', 'llama-3-8b', 'mistral-7b'] as const;
+    const parsed = names.map((n) => parseModelConfig(shapeConfig(n), `${n}/config.json`));
+    expect(parsed.map((c) => c.arch)).toEqual(['llama', 'qwen2', 'llama', 'llama', 'mistral']);
+    expect(parsed.map((c) => c.headDim)).toEqual([64, 64, 128, 128, 128]);
+    expect(parsed[0].ropeScaling?.originalMaxPositions).toBe(8192);
   });
 });

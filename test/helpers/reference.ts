@@ -2,8 +2,10 @@
 //
 // The tests prove the native engine against this on architectures we have no trained model for. It is
 // written from the HF modelling code's math, not from our engine, and imports nothing from lib/ but
-// types and (in loadReferenceWeights only) the checkpoint reader. It is plain loops over typed arrays,
+// the checkpoint reader (in loadReferenceWeights only). It is plain loops over typed arrays,
 // token by token with a KV cache, so it reads like the math and is only meant for tiny models.
+
+import { openCheckpoint, readTensorAsF32 } from '../../lib/loaders/index.js';
 
 // ---- config --------------------------------------------------------------------------------------
 
@@ -302,4 +304,17 @@ export function referenceGreedy(cfg: RefConfig, weights: Weights, prompt: number
     if (s + 1 < steps) logits = session.step(out[s]);
   }
   return out;
+}
+
+// ---- loading -------------------------------------------------------------------------------------
+
+/**
+ * Every tensor of a checkpoint (safetensors folder or GGUF file) as f32 in HF names and layout, through
+ * the project's loader (which validates the tensors against config.json). For tiny models only.
+ */
+export async function loadReferenceWeights(dir: string): Promise<Map<string, Float32Array>> {
+  const checkpoint = await openCheckpoint(dir);
+  const weights = new Map<string, Float32Array>();
+  for (const [name, info] of checkpoint.tensors) weights.set(name, readTensorAsF32(info));
+  return weights;
 }
