@@ -166,33 +166,39 @@ function isObject(v: unknown): v is Json {
 
 /** Hugging Face name -> shape of every tensor the configuration needs (lm_head only when untied). */
 export function expectedTensorShapes(config: ModelConfig): Map<string, number[]> {
+  return new Map(expectedTensors(config));
+}
+
+/**
+ * The same, lazily: a corrupted file can claim a billion layers, and checking it must stop at the
+ * first missing tensor instead of listing them all.
+ */
+export function* expectedTensors(config: ModelConfig): Generator<[string, number[]]> {
   const { hiddenSize: h, intermediateSize: ff, headDim, numHeads, numKvHeads, vocabSize } = config;
-  const shapes = new Map<string, number[]>();
-  shapes.set('model.embed_tokens.weight', [vocabSize, h]);
-  shapes.set('model.norm.weight', [h]);
-  if (!config.tieWordEmbeddings) shapes.set('lm_head.weight', [vocabSize, h]);
+  yield ['model.embed_tokens.weight', [vocabSize, h]];
+  yield ['model.norm.weight', [h]];
+  if (!config.tieWordEmbeddings) yield ['lm_head.weight', [vocabSize, h]];
   for (let i = 0; i < config.numLayers; i++) {
     const p = `model.layers.${i}.`;
-    shapes.set(`${p}input_layernorm.weight`, [h]);
-    shapes.set(`${p}post_attention_layernorm.weight`, [h]);
-    shapes.set(`${p}self_attn.q_proj.weight`, [numHeads * headDim, h]);
-    shapes.set(`${p}self_attn.k_proj.weight`, [numKvHeads * headDim, h]);
-    shapes.set(`${p}self_attn.v_proj.weight`, [numKvHeads * headDim, h]);
-    shapes.set(`${p}self_attn.o_proj.weight`, [h, numHeads * headDim]);
+    yield [`${p}input_layernorm.weight`, [h]];
+    yield [`${p}post_attention_layernorm.weight`, [h]];
+    yield [`${p}self_attn.q_proj.weight`, [numHeads * headDim, h]];
+    yield [`${p}self_attn.k_proj.weight`, [numKvHeads * headDim, h]];
+    yield [`${p}self_attn.v_proj.weight`, [numKvHeads * headDim, h]];
+    yield [`${p}self_attn.o_proj.weight`, [h, numHeads * headDim]];
     if (config.attentionBias) {
-      shapes.set(`${p}self_attn.q_proj.bias`, [numHeads * headDim]);
-      shapes.set(`${p}self_attn.k_proj.bias`, [numKvHeads * headDim]);
-      shapes.set(`${p}self_attn.v_proj.bias`, [numKvHeads * headDim]);
+      yield [`${p}self_attn.q_proj.bias`, [numHeads * headDim]];
+      yield [`${p}self_attn.k_proj.bias`, [numKvHeads * headDim]];
+      yield [`${p}self_attn.v_proj.bias`, [numKvHeads * headDim]];
     }
-    shapes.set(`${p}mlp.gate_proj.weight`, [ff, h]);
-    shapes.set(`${p}mlp.up_proj.weight`, [ff, h]);
-    shapes.set(`${p}mlp.down_proj.weight`, [h, ff]);
+    yield [`${p}mlp.gate_proj.weight`, [ff, h]];
+    yield [`${p}mlp.up_proj.weight`, [ff, h]];
+    yield [`${p}mlp.down_proj.weight`, [h, ff]];
     if (config.residualRotations) {
-      shapes.set(`${p}attn_shortcut.weight`, [h, h]);
-      shapes.set(`${p}mlp_shortcut.weight`, [h, h]);
+      yield [`${p}attn_shortcut.weight`, [h, h]];
+      yield [`${p}mlp_shortcut.weight`, [h, h]];
     }
   }
-  return shapes;
 }
 
 /**
@@ -201,12 +207,14 @@ export function expectedTensorShapes(config: ModelConfig): Map<string, number[]>
  * precomputed `rotary_emb.inv_freq` buffers, and a stored lm_head when embeddings are tied.
  */
 export function checkTensorsAgainstConfig(config: ModelConfig, tensors: Map<string, TensorInfo>, file: string): void {
-  const expected = expectedTensorShapes(config);
-  if (config.tieWordEmbeddings) expected.set('lm_head.weight', [config.vocabSize, config.hiddenSize]);
-  for (const [name, shape] of expected) {
+  const expected = new Set<string>();
+  const entries: Iterable<[string, number[]]> = config.tieWordEmbeddings
+    ? [...(tensors.has('lm_head.weight') ? [['lm_head.weight', [config.vocabSize, config.hiddenSize]] as [string, number[]]] : []), ...expectedTensorsUpTo(config, tensors.size)]
+    : expectedTensorsUpTo(config, tensors.size);
+  for (const [name, shape] of entries) {
+    expected.add(name);
     const t = tensors.get(name);
     if (t === undefined) {
-      if (name === 'lm_head.weight' && config.tieWordEmbeddings) continue;
       throw new WinaLoadError({
         file,
         what: name,
@@ -236,6 +244,15 @@ export function checkTensorsAgainstConfig(config: ModelConfig, tensors: Map<stri
         ? ['Shortcut rotations need "wina_transform" in config.json; keep the config written by `wina transform`.']
         : UNSUPPORTED_FIXES,
     });
+  }
+}
+
+/** expectedTensors(), stopping after `available` + 1 entries (one more than can be present). */
+function* expectedTensorsUpTo(config: ModelConfig, available: number): Generator<[string, number[]]> {
+  let n = 0;
+  for (const entry of expectedTensors(config)) {
+    yield entry;
+    if (++n > available) return;
   }
 }
 

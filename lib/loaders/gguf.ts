@@ -449,7 +449,7 @@ export function llama3RopeFactors(scaling: RopeScaling, headDim: number, ropeThe
  */
 export function fitLlama3RopeScaling(factors: Float32Array, headDim: number, ropeTheta: number): RopeScaling | null {
   if (factors.length !== headDim / 2 || !factors.every((f) => Number.isFinite(f) && f >= 1)) return null;
-  const factor = Math.max(...factors);
+  const factor = factors.reduce((a, b) => Math.max(a, b), 0);
   if (factor <= 1) return null;
   const tol = 1e-4 * factor;
   const points: Array<{ x: number; s: number }> = [];
@@ -490,6 +490,9 @@ export interface GgufCheckpoint extends Checkpoint {
 }
 
 const ARCHES = new Set(['llama', 'qwen2']);
+
+/** Prefix of the exact llama3 scaling parameters written next to rope_freqs.weight by writeGguf. */
+export const WINA_ROPE_SCALING = 'wina.rope_scaling';
 
 /** Opens a GGUF file as a checkpoint: header, config, HF-named tensors (no tensor data read). */
 export function openGgufCheckpoint(file: string): GgufCheckpoint {
@@ -600,7 +603,7 @@ export function ggufModel(header: GgufHeader, source: ByteSource): { config: Mod
     maxPositions: int('context_length'),
     rmsNormEps: shortestF32(num('attention.layer_norm_rms_epsilon')),
     ropeTheta,
-    ropeScaling: ropeFreqs === undefined ? null : ropeScalingFromTensor(ropeFreqs, source, headDim, ropeTheta, fail),
+    ropeScaling: ropeFreqs === undefined ? null : ropeScalingFromFile(meta, ropeFreqs, source, headDim, ropeTheta, fail),
     tieWordEmbeddings: !tensors.has('lm_head.weight'),
     attentionBias: arch === 'qwen2',
     slidingWindow: null,
@@ -619,7 +622,8 @@ export function ggufModel(header: GgufHeader, source: ByteSource): { config: Mod
   if (arch === 'llama') {
     for (const [name, t] of tensors) {
       const heads = /\.self_attn\.q_proj\./.test(name) ? numHeads : /\.self_attn\.k_proj\./.test(name) ? numKvHeads : 0;
-      if (heads > 0 && t.shape[0] === heads * headDim) t.rowPermutation = ggufQkRowPermutation(t.shape[0], heads);
+      // byteLength > 0 bounds the row count by the file size before anything is allocated.
+      if (heads > 0 && t.byteLength > 0 && t.shape[0] === heads * headDim) t.rowPermutation = ggufQkRowPermutation(t.shape[0], heads);
     }
   }
   return { config, tensors };
@@ -642,7 +646,13 @@ function tokenId(meta: Map<string, unknown>, k: string, fail: (what: string, exp
   return v as number;
 }
 
-function ropeScalingFromTensor(
+/**
+ * llama3 scaling of a file with `rope_freqs.weight`: the parameters from the `wina.rope_scaling.*`
+ * keys our writer adds (llama.cpp ignores them; it only knows linear/yarn in rope.scaling.type),
+ * otherwise fitted to the stored factors (files from llama.cpp's converter).
+ */
+function ropeScalingFromFile(
+  meta: Map<string, unknown>,
   t: GgufTensorRaw,
   source: ByteSource,
   headDim: number,
@@ -651,6 +661,24 @@ function ropeScalingFromTensor(
 ): RopeScaling {
   if (t.dtype !== 'F32' || t.ne.length !== 1 || t.ne[0] !== headDim / 2) {
     fail(t.name, `an F32 tensor of ${headDim / 2} factors`, `${t.dtype} ne ${describeFound(t.ne)}`);
+  }
+  if (meta.has(`${WINA_ROPE_SCALING}.factor`)) {
+    const num = (k: string): number => {
+      const v = meta.get(`${WINA_ROPE_SCALING}.${k}`);
+      if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`${WINA_ROPE_SCALING}.${k}`, 'a positive number', v);
+      return shortestF32(v as number);
+    };
+    const scaling: RopeScaling = {
+      type: 'llama3',
+      factor: num('factor'),
+      lowFreqFactor: num('low_freq_factor'),
+      highFreqFactor: num('high_freq_factor'),
+      originalMaxPositions: num('original_context_length'),
+    };
+    if (scaling.highFreqFactor <= scaling.lowFreqFactor) {
+      fail(`${WINA_ROPE_SCALING}.high_freq_factor`, `more than low_freq_factor (${scaling.lowFreqFactor})`, scaling.highFreqFactor);
+    }
+    return scaling;
   }
   const bytes = new Uint8Array(t.byteLength);
   bytes.set(source.read(t.offset, t.byteLength));

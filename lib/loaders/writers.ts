@@ -4,7 +4,16 @@
 // dropped in turn, so writing a multi-GB model holds one tensor in memory at a time.
 
 import * as fs from 'node:fs';
-import { GGML_TYPE, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VALUE, ggufQkRowPermutation, hfToGgufName, llama3RopeFactors } from './gguf.js';
+import {
+  GGML_TYPE,
+  GGUF_DEFAULT_ALIGNMENT,
+  GGUF_MAGIC,
+  GGUF_VALUE,
+  WINA_ROPE_SCALING,
+  ggufQkRowPermutation,
+  hfToGgufName,
+  llama3RopeFactors,
+} from './gguf.js';
 import type { ModelConfig, TensorToWrite } from './types.js';
 
 /** A tensor whose data is produced on demand (called once, when the writer reaches it). */
@@ -168,6 +177,15 @@ function ggufMetadata(arch: string, config: ModelConfig, vocab: GgufVocab, fileT
   u32(`${arch}.rope.dimension_count`, config.headDim);
   u32('general.quantization_version', 2);
   if (config.residualRotations) kv.set('wina.residual_rotations', { type: 'bool', value: true });
+  if (config.ropeScaling !== null) {
+    // llama.cpp reads rope_freqs.weight; these keys let our reader recover the exact parameters
+    // (fitting them to the factors needs two or more interpolated frequencies, small heads have fewer).
+    const s = config.ropeScaling;
+    kv.set(`${WINA_ROPE_SCALING}.factor`, { type: 'f32', value: s.factor });
+    kv.set(`${WINA_ROPE_SCALING}.low_freq_factor`, { type: 'f32', value: s.lowFreqFactor });
+    kv.set(`${WINA_ROPE_SCALING}.high_freq_factor`, { type: 'f32', value: s.highFreqFactor });
+    kv.set(`${WINA_ROPE_SCALING}.original_context_length`, { type: 'f32', value: s.originalMaxPositions });
+  }
 
   kv.set('tokenizer.ggml.model', { type: 'string', value: vocab.model });
   if (vocab.pre !== undefined) kv.set('tokenizer.ggml.pre', { type: 'string', value: vocab.pre });
