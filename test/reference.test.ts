@@ -57,7 +57,7 @@ interface TinyEnReference {
   last_logits_argmax: number;
 }
 
-describe.skipIf(!hasShared)('tiny-en-llama vs PyTorch (skipped: needs ../shared)', () => {
+describe.skipIf(!hasShared)('tiny-en-llama vs PyTorch (needs ../shared, skipped without it)', () => {
   const dir = path.join(shared, 'models/tiny-en-llama');
   let cfg: RefConfig;
   let weights: Weights;
@@ -87,7 +87,7 @@ describe.skipIf(!hasShared)('tiny-en-llama vs PyTorch (skipped: needs ../shared)
   });
 });
 
-describe.skipIf(!hasShared)('aidreams260K vs llama2.c (tied embeddings; skipped: needs ../shared)', () => {
+describe.skipIf(!hasShared)('aidreams260K vs llama2.c, tied embeddings (needs ../shared, skipped without it)', () => {
   it('40 greedy ids from BOS equal reference.json', async () => {
     const dir = path.join(shared, 'models/aidreams260K');
     const cfg = refConfigFromHf(readJson(path.join(dir, 'config.json')));
@@ -207,6 +207,30 @@ describe('qwen2 features', () => {
     const gqa = referenceForward(cfg, weights, tokens);
     const full = referenceForward({ ...cfg, numKvHeads: cfg.numHeads }, mha, tokens);
     for (let p = 0; p < tokens.length; p++) expect(maxAbsDiff(gqa[p], full[p])).toBeLessThan(1e-9);
+  });
+});
+
+describe('mistral sliding window', () => {
+  it('a query at position p sees exactly the keys p-W+1..p (one layer, where RoPE is relative)', async () => {
+    const { cfg: full, weights } = await tinyModel('llama3', 31);
+    // With one layer the keys depend on their own token only, and RoPE scores depend only on
+    // position differences, so a window equals full attention over the last W tokens alone.
+    const oneLayer: RefConfig = { ...full, numLayers: 1, ropeScaling: null };
+    const W = 3;
+    const tokens = tokenSequence(9, oneLayer.vocabSize, 17);
+    const windowed = referenceForward({ ...oneLayer, slidingWindow: W }, weights, tokens);
+    for (let p = 0; p < tokens.length; p++) {
+      const recent = referenceForward(oneLayer, weights, tokens.slice(Math.max(0, p - W + 1), p + 1));
+      expect(maxAbsDiff(windowed[p], recent[recent.length - 1])).toBeLessThan(1e-9);
+    }
+    const unwindowed = referenceForward(oneLayer, weights, tokens);
+    expect(maxAbsDiff(windowed[W - 1], unwindowed[W - 1])).toBe(0);
+    expect(maxAbsDiff(windowed[W], unwindowed[W])).toBeGreaterThan(1e-3);
+  });
+
+  it('is read from mistral configs only', () => {
+    expect(refConfigFromHf(shapeConfig('mistral-7b')).slidingWindow).toBe(4096);
+    expect(refConfigFromHf(shapeConfig('qwen2.5-0.5b')).slidingWindow).toBeNull();
   });
 });
 
