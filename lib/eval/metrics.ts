@@ -1,0 +1,266 @@
+// Evaluation metrics over Model.logits: rolling-window perplexity, KL of a sparse model from dense, and
+// lm-eval-style log-likelihood of a continuation.
+//
+// Conventions follow EleutherAI lm-evaluation-harness where it has one:
+// - perplexity is token-level and every token is scored exactly once, with as much left context as its
+//   window gives (lm-eval `loglikelihood_rolling` with stride = window; a smaller stride overlaps windows
+//   to give later tokens more context, as the Hugging Face perplexity guide does);
+// - a (context, continuation) pair is tokenised whole and split at the context's length, after moving the
+//   context's trailing spaces to the continuation (lm-eval `_encode_pair`), so that a SentencePiece
+//   tokenizer sees " word" as it would in running text.
+// Log-softmax and KL are accumulated in float64: a 4096-way softmax in float32 loses the small
+// probabilities that dominate KL at low sparsity.
+import type { Model } from '../model.js';
+import type { SparsityOptions } from '../sparsity/plan.js';
+import type { WinaTokenizer } from '../tokenizer.js';
+
+// ---------------------------------------------------------------------------------------------------------
+// Log-softmax and KL
+// ---------------------------------------------------------------------------------------------------------
+
+/** log-sum-exp of row `row` of a [T * vocab] logits array. */
+export function logSumExp(logits: ArrayLike<number>, vocab: number, row: number): number {
+  const base = row * vocab;
+  let max = -Infinity;
+  for (let j = 0; j < vocab; j++) if (logits[base + j] > max) max = logits[base + j];
+  let sum = 0;
+  for (let j = 0; j < vocab; j++) sum += Math.exp(logits[base + j] - max);
+  return max + Math.log(sum);
+}
+
+/** log p(token | row's prefix) under row `row` of the logits. */
+export function logProb(logits: ArrayLike<number>, vocab: number, row: number, token: number): number {
+  return logits[row * vocab + token] - logSumExp(logits, vocab, row);
+}
+
+/** The log-softmax of one row, in float64. */
+export function logSoftmax(logits: ArrayLike<number>, vocab: number, row: number): Float64Array {
+  const lse = logSumExp(logits, vocab, row);
+  const out = new Float64Array(vocab);
+  const base = row * vocab;
+  for (let j = 0; j < vocab; j++) out[j] = logits[base + j] - lse;
+  return out;
+}
+
+/** KL(P || Q) of the next-token distributions in row `row` of dense (P) and sparse (Q) logits. */
+export function klAt(dense: ArrayLike<number>, sparse: ArrayLike<number>, vocab: number, row: number): number {
+  const lp = logSoftmax(dense, vocab, row);
+  const lq = logSoftmax(sparse, vocab, row);
+  let kl = 0;
+  for (let j = 0; j < vocab; j++) {
+    const p = Math.exp(lp[j]);
+    if (p > 0) kl += p * (lp[j] - lq[j]);
+  }
+  // Rounding can leave -1e-17 for identical rows; KL is non-negative by definition.
+  return Math.max(kl, 0);
+}
+
+/**
+ * Mean over `positions` (row indices of the [T * vocab] arrays) of KL(dense || sparse) of the next-token
+ * distributions. `vocab` is the row length (model.config.vocabSize).
+ */
+export function meanKl(denseLogits: ArrayLike<number>, sparseLogits: ArrayLike<number>, positions: ArrayLike<number>, vocab: number): number {
+  if (denseLogits.length !== sparseLogits.length) throw new RangeError(`logits lengths differ: ${denseLogits.length} vs ${sparseLogits.length}`);
+  if (positions.length === 0) throw new RangeError('positions must not be empty');
+  const rows = denseLogits.length / vocab;
+  let sum = 0;
+  for (let i = 0; i < positions.length; i++) {
+    const r = positions[i];
+    if (!(Number.isInteger(r) && r >= 0 && r < rows)) throw new RangeError(`position ${r} is not a row in [0, ${rows})`);
+    sum += klAt(denseLogits, sparseLogits, vocab, r);
+  }
+  return sum / positions.length;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rolling windows and perplexity
+// ---------------------------------------------------------------------------------------------------------
+
+/** One forward pass of a rolling evaluation: input ids, and which rows predict which text tokens. */
+export interface RollingWindow {
+  /** Model input: [BOS] + a slice of the text's tokens (never the window's last target). */
+  input: number[];
+  /** Rows of the window's logits that are scored: rows[i] predicts targets[i]. */
+  rows: number[];
+  /** The text tokens those rows predict. */
+  targets: number[];
+}
+
+export interface WindowOptions {
+  /** Tokens per model input, BOS included; a window predicts up to seqLen tokens. */
+  seqLen: number;
+  /** New tokens scored per window (default and maximum: seqLen). */
+  stride?: number;
+  /** Prepended to every window; null = none (then the text's first token is never scored). */
+  bos: number | null;
+}
+
+/**
+ * Splits a token stream into model inputs of at most seqLen tokens so that every token (but the first,
+ * without BOS) is scored exactly once, by the window that ends `stride` tokens after the previous one;
+ * the rest of that window is left context. With stride = seqLen this is lm-eval's
+ * `get_rolling_token_windows` (which uses EOS where we use BOS as the first window's prefix).
+ */
+export function rollingWindows(tokens: ArrayLike<number>, opts: WindowOptions): RollingWindow[] {
+  const { seqLen } = opts;
+  if (!Number.isSafeInteger(seqLen) || seqLen < 1) throw new RangeError(`seqLen must be a positive integer, got ${seqLen}`);
+  // A stride past seqLen would skip tokens; cap it rather than fail.
+  const stride = Math.min(opts.stride ?? seqLen, seqLen);
+  if (!Number.isSafeInteger(stride) || stride < 1) throw new RangeError(`stride must be a positive integer, got ${opts.stride}`);
+  const prefix = opts.bos === null ? [] : [opts.bos];
+  // The input holds text tokens [start, end - 1): the last target is predicted, never fed.
+  const reach = seqLen + 1 - prefix.length;
+  const n = tokens.length;
+  const ids = Array.from(tokens);
+  const windows: RollingWindow[] = [];
+  let scored = prefix.length ? 0 : 1; // text tokens [0, scored) are done
+  let end = Math.min(n, reach);
+  while (scored < end) {
+    const start = Math.max(0, end - reach);
+    const input = prefix.concat(ids.slice(start, end - 1));
+    const rows: number[] = [];
+    const targets: number[] = [];
+    for (let t = scored; t < end; t++) {
+      rows.push(prefix.length + (t - start) - 1); // the row of the token before t
+      targets.push(ids[t]);
+    }
+    windows.push({ input, rows, targets });
+    scored = end;
+    end = Math.min(n, end + stride);
+  }
+  return windows;
+}
+
+/** Negative log-likelihood summed over a window's scored rows. */
+export function windowNll(logits: ArrayLike<number>, vocab: number, w: RollingWindow): number {
+  let nll = 0;
+  for (let i = 0; i < w.rows.length; i++) nll -= logProb(logits, vocab, w.rows[i], w.targets[i]);
+  return nll;
+}
+
+export interface PerplexityOptions {
+  /** Tokens per window, BOS included (default: the model's maxPositions). */
+  seqLen?: number;
+  /** New tokens per window (default: all of the window's). */
+  stride?: number;
+  sparsity?: SparsityOptions | null;
+  /** Evaluate only the first `limit` windows. */
+  limit?: number;
+}
+
+export interface PerplexityResult {
+  /** exp(nll). */
+  ppl: number;
+  /** Mean negative log-likelihood per scored token (nats). */
+  nll: number;
+  /** Tokens scored. */
+  tokens: number;
+  windows: number;
+}
+
+/** Text -> ids without special tokens (the windows add BOS themselves). */
+export function textTokens(tokenizer: WinaTokenizer, text: string): number[] {
+  return tokenizer.encode(text, { addSpecialTokens: false });
+}
+
+/** The window layout perplexity() and the sweep share for a model. */
+export function windowsFor(model: Model, tokens: string | ArrayLike<number>, opts: { seqLen?: number; stride?: number; limit?: number }): RollingWindow[] {
+  const ids = typeof tokens === 'string' ? textTokens(requireTokenizer(model), tokens) : tokens;
+  const seqLen = opts.seqLen ?? model.config.maxPositions;
+  if (seqLen > model.config.maxPositions) throw new RangeError(`seqLen ${seqLen} exceeds the model's context (${model.config.maxPositions})`);
+  const all = rollingWindows(ids, { seqLen, stride: opts.stride, bos: model.tokenizer?.bosId ?? null });
+  return opts.limit === undefined ? all : all.slice(0, opts.limit);
+}
+
+/** Token-level perplexity of a text (or its token ids, without BOS) under the model. */
+export async function perplexity(model: Model, tokens: string | ArrayLike<number>, opts: PerplexityOptions = {}): Promise<PerplexityResult> {
+  const windows = windowsFor(model, tokens, opts);
+  if (windows.length === 0) throw new RangeError('the text has too few tokens to score');
+  const vocab = model.config.vocabSize;
+  let nll = 0;
+  let count = 0;
+  for (const w of windows) {
+    const logits = await model.logits(w.input, { sparsity: opts.sparsity ?? null });
+    nll += windowNll(logits, vocab, w);
+    count += w.rows.length;
+  }
+  return { ppl: Math.exp(nll / count), nll: nll / count, tokens: count, windows: windows.length };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Log-likelihood of a continuation
+// ---------------------------------------------------------------------------------------------------------
+
+function requireTokenizer(model: Model): WinaTokenizer {
+  if (!model.tokenizer) throw new TypeError(`the model at ${model.path} has no tokenizer; evaluation needs text -> ids`);
+  return model.tokenizer;
+}
+
+/** A tokenised (context, continuation) pair: the model input and the rows that score the continuation. */
+export interface EncodedPair {
+  /** Model input: context ids then continuation ids but its last token (left-truncated to fit). */
+  input: number[];
+  /** Continuation ids (the targets). */
+  continuation: number[];
+  /** Row of `input`'s logits that predicts continuation[i] is rows[i]. */
+  rows: number[];
+}
+
+/**
+ * lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation, the whole string is
+ * encoded once (with BOS, as this model's tokenizer adds it) and split at the context's token count, so
+ * the continuation ids are the ones running text would produce. Inputs longer than maxLength drop context
+ * tokens from the left, keeping BOS.
+ */
+export function encodePair(tokenizer: WinaTokenizer, context: string, continuation: string, maxLength: number): EncodedPair {
+  const spaces = context.length - context.trimEnd().length;
+  if (spaces > 0) {
+    continuation = context.slice(context.length - spaces) + continuation;
+    context = context.slice(0, context.length - spaces);
+  }
+  const whole = tokenizer.encode(context + continuation);
+  const ctx = tokenizer.encode(context);
+  const cont = whole.slice(ctx.length);
+  if (cont.length === 0) throw new RangeError(`the continuation ${JSON.stringify(continuation)} adds no tokens to its context`);
+  if (cont.length > maxLength) throw new RangeError(`the continuation has ${cont.length} tokens, more than the model's context (${maxLength})`);
+  let head = whole.slice(0, ctx.length);
+  if (head.length === 0) throw new RangeError('the context must not be empty when the tokenizer adds no BOS');
+  const over = head.length + cont.length - 1 - maxLength;
+  if (over > 0) {
+    const keep = tokenizer.bosId !== null && head[0] === tokenizer.bosId ? 1 : 0;
+    head = head.slice(0, keep).concat(head.slice(keep + over));
+  }
+  const input = head.concat(cont.slice(0, -1));
+  const rows = cont.map((_, i) => head.length - 1 + i);
+  return { input, continuation: cont, rows };
+}
+
+/** Sum of log p(continuation | context) over a pair's rows, and whether every token was the argmax. */
+export function continuationScore(logits: ArrayLike<number>, vocab: number, pair: EncodedPair): { logProb: number; greedy: boolean } {
+  let sum = 0;
+  let greedy = true;
+  for (let i = 0; i < pair.rows.length; i++) {
+    const row = pair.rows[i];
+    const target = pair.continuation[i];
+    sum += logProb(logits, vocab, row, target);
+    const base = row * vocab;
+    for (let j = 0; j < vocab && greedy; j++) if (logits[base + j] > logits[base + target]) greedy = false;
+  }
+  return { logProb: sum, greedy };
+}
+
+export interface LogLikelihood {
+  /** Sum of the continuation tokens' log-probabilities (nats). */
+  logProb: number;
+  /** Every continuation token was the model's argmax (lm-eval `is_greedy`). */
+  greedy: boolean;
+  /** Continuation tokens scored. */
+  tokens: number;
+}
+
+/** log p(continuation | context) under the model with the given sparsity (null = dense). */
+export async function logLikelihood(model: Model, context: string, continuation: string, sparsity: SparsityOptions | null = null): Promise<LogLikelihood> {
+  const pair = encodePair(requireTokenizer(model), context, continuation, model.config.maxPositions);
+  const logits = await model.logits(pair.input, { sparsity });
+  return { ...continuationScore(logits, model.config.vocabSize, pair), tokens: pair.continuation.length };
+}
