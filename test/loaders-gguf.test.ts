@@ -219,6 +219,11 @@ describe('GGUF header validation', () => {
     expect(ck.tensors.get('model.embed_tokens.weight')!.shape).toEqual([4, 8]);
   });
 
+  it('accepts GGUF v2 (same layout as v3)', () => {
+    const h = parseGgufHeader(bufferSource('v2.gguf', ggufBytes([['general.name', 8, str('x')]], [{ name: 'w', ne: [8], type: 0, offset: 0 }], 32, { version: 2 })));
+    expect([h.version, h.metadata.get('general.name'), h.tensors[0].byteLength]).toEqual([2, 'x', 32]);
+  });
+
   const cases: Array<[string, () => Buffer, string, RegExp]> = [
     ['bad magic', () => ggufBytes([], [], 0, { magic: 'GGUX' }), 'magic', /GGUF/],
     ['version 1', () => ggufBytes([], [], 0, { version: 1 }), 'version', /version 2 or 3/],

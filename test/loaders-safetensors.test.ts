@@ -199,6 +199,18 @@ describe.skipIf(noShared)('tiny-en-llama safetensors (skipped: ../shared not fou
     }
   });
 
+  it('aidreams260K: tied embeddings, no lm_head; a single .safetensors path opens with its folder\'s config', async () => {
+    const dir = path.resolve(tiny, '../aidreams260K');
+    const ck = await openCheckpoint(dir);
+    expect(ck.config.tieWordEmbeddings).toBe(true);
+    expect(ck.tensors.has('lm_head.weight')).toBe(false);
+    expect(ck.tensors.size).toBe(2 + 4 * 9);
+    expect(ck.tokenizer).toBeNull();
+    const single = await openCheckpoint(path.join(dir, 'model.safetensors'));
+    expect(single.config).toEqual(ck.config);
+    expect(single.totalBytes).toBe(ck.totalBytes);
+  });
+
   it('reads tokenizer.json, tokenizer_config.json and generation_config.json', async () => {
     const ck = await openCheckpoint(tiny);
     expect(ck.format).toBe('safetensors');

@@ -231,6 +231,15 @@ describe('writeGguf', () => {
     expect(ck.tensors.get('model.layers.0.attn_shortcut.weight')!.shape).toEqual([256, 256]);
   });
 
+  it('a folder holding exactly one .gguf opens as that file', async () => {
+    const config = parseModelConfig({ ...smallLlama, num_hidden_layers: 1 }, 'c');
+    const dir = path.join(tmp, 'one-gguf');
+    fs.mkdirSync(dir);
+    await writeGguf(path.join(dir, 'model.gguf'), { config, vocab: syntheticGgufVocab(config.vocabSize), tensors: randomModel(config, 11, () => 'F16').tensors });
+    const ck = await openCheckpoint(dir);
+    expect([ck.format, ck.path, ck.config.numLayers]).toEqual(['gguf', path.join(dir, 'model.gguf'), 1]);
+  });
+
   it('hfTensorToGgufName maps model tensors and refuses others', () => {
     expect(hfTensorToGgufName('model.layers.7.mlp.up_proj.weight')).toBe('blk.7.ffn_up.weight');
     expect(hfTensorToGgufName('lm_head.weight')).toBe('output.weight');

@@ -13,12 +13,15 @@ export interface ByteSource {
   read(position: number, length: number): Uint8Array;
 }
 
+const MAX_READ = 1 << 30;
+
 /** Reads `length` bytes at `position` of an open file into `into` (or a new buffer). */
 export function readFully(fd: number, file: string, position: number, length: number, into?: Uint8Array): Uint8Array {
   const out = into ?? Buffer.allocUnsafe(length);
   let done = 0;
   while (done < length) {
-    const n = fs.readSync(fd, out, done, length - done, position + done);
+    // One read call is capped below 2 GiB by Node; a 128k-vocab F32 embedding is larger.
+    const n = fs.readSync(fd, out, done, Math.min(length - done, MAX_READ), position + done);
     if (n === 0) break;
     done += n;
   }

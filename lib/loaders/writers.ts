@@ -74,7 +74,8 @@ async function writeAtomically(file: string, body: (out: fs.promises.FileHandle)
 async function writeAll(out: fs.promises.FileHandle, bytes: Uint8Array): Promise<void> {
   let done = 0;
   while (done < bytes.byteLength) {
-    const { bytesWritten } = await out.write(bytes, done, bytes.byteLength - done);
+    // One write call is capped below 2 GiB by Node.
+    const { bytesWritten } = await out.write(bytes, done, Math.min(bytes.byteLength - done, 1 << 30));
     done += bytesWritten;
   }
 }
