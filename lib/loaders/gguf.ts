@@ -528,9 +528,10 @@ export function ggufCheckpointFromSource(source: ByteSource): GgufCheckpoint {
 export function ggufModel(header: GgufHeader, source: ByteSource): { config: ModelConfig; tensors: Map<string, TensorInfo> } {
   const file = header.file;
   const meta = header.metadata;
-  const fail = (what: string, expected: string, found: unknown, fixes = GGUF_FIXES): never => {
-    throw new WinaLoadError({ file, what, expected, found: describeFound(found), fixes });
+  const failText = (what: string, expected: string, found: string, fixes = GGUF_FIXES): never => {
+    throw new WinaLoadError({ file, what, expected, found, fixes });
   };
+  const fail = (what: string, expected: string, value: unknown, fixes = GGUF_FIXES): never => failText(what, expected, describeFound(value), fixes);
   const arch = meta.get('general.architecture');
   if (typeof arch !== 'string' || !ARCHES.has(arch)) {
     fail('general.architecture', '"llama" or "qwen2"', arch, ['Only llama-family GGUF files (llama, mistral as llama, qwen2) are supported.']);
@@ -575,7 +576,7 @@ export function ggufModel(header: GgufHeader, source: ByteSource): { config: Mod
       continue;
     }
     const name = ggufToHfName(t.name);
-    if (name === null) fail(t.name, 'a llama-architecture tensor (token_embd, blk.N.attn_q, ...)', 'an unknown tensor name');
+    if (name === null) failText(t.name, 'a llama-architecture tensor (token_embd, blk.N.attn_q, ...)', 'an unknown tensor name');
     tensors.set(name as string, {
       name: name as string,
       fileName: t.name,
@@ -603,7 +604,7 @@ export function ggufModel(header: GgufHeader, source: ByteSource): { config: Mod
     maxPositions: int('context_length'),
     rmsNormEps: shortestF32(num('attention.layer_norm_rms_epsilon')),
     ropeTheta,
-    ropeScaling: ropeFreqs === undefined ? null : ropeScalingFromFile(meta, ropeFreqs, source, headDim, ropeTheta, fail),
+    ropeScaling: ropeFreqs === undefined ? null : ropeScalingFromFile(meta, ropeFreqs, source, headDim, ropeTheta, failText),
     tieWordEmbeddings: !tensors.has('lm_head.weight'),
     attentionBias: arch === 'qwen2',
     slidingWindow: null,
@@ -657,7 +658,7 @@ function ropeScalingFromFile(
   source: ByteSource,
   headDim: number,
   ropeTheta: number,
-  fail: (what: string, expected: string, found: unknown, fixes?: string[]) => never,
+  fail: (what: string, expected: string, found: string, fixes?: string[]) => never,
 ): RopeScaling {
   if (t.dtype !== 'F32' || t.ne.length !== 1 || t.ne[0] !== headDim / 2) {
     fail(t.name, `an F32 tensor of ${headDim / 2} factors`, `${t.dtype} ne ${describeFound(t.ne)}`);
@@ -665,7 +666,7 @@ function ropeScalingFromFile(
   if (meta.has(`${WINA_ROPE_SCALING}.factor`)) {
     const num = (k: string): number => {
       const v = meta.get(`${WINA_ROPE_SCALING}.${k}`);
-      if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`${WINA_ROPE_SCALING}.${k}`, 'a positive number', v);
+      if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) fail(`${WINA_ROPE_SCALING}.${k}`, 'a positive number', describeFound(v));
       return shortestF32(v as number);
     };
     const scaling: RopeScaling = {
@@ -676,7 +677,7 @@ function ropeScalingFromFile(
       originalMaxPositions: num('original_context_length'),
     };
     if (scaling.highFreqFactor <= scaling.lowFreqFactor) {
-      fail(`${WINA_ROPE_SCALING}.high_freq_factor`, `more than low_freq_factor (${scaling.lowFreqFactor})`, scaling.highFreqFactor);
+      fail(`${WINA_ROPE_SCALING}.high_freq_factor`, `more than low_freq_factor (${scaling.lowFreqFactor})`, `${scaling.highFreqFactor}`);
     }
     return scaling;
   }

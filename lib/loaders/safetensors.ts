@@ -232,7 +232,7 @@ function fromFiles(parsed: SafetensorsFile[]): SafetensorsFolder {
   for (const p of parsed) {
     for (const t of p.tensors) {
       const other = tensors.get(t.name);
-      if (other !== undefined) fail(t.file, t.name, 'each tensor in one shard', `it also in ${other.file}`);
+      if (other !== undefined) fail(t.file, t.name, 'each tensor in one shard', `a second copy in ${other.file}`);
       tensors.set(t.name, t);
     }
   }
@@ -272,7 +272,7 @@ function readShardedFolder(folder: string, indexFile: string): SafetensorsFolder
   for (const [name, shard] of shardOf) {
     const t = result.tensors.get(name);
     if (t === undefined || path.basename(t.file) !== shard) {
-      fail(path.join(folder, shard), name, `tensor ${name} (listed in ${SAFETENSORS_INDEX})`, t === undefined ? 'no such tensor' : `it in ${t.file}`);
+      fail(path.join(folder, shard), name, `tensor ${name} (listed in ${SAFETENSORS_INDEX})`, t === undefined ? 'no such tensor' : `the tensor in ${t.file}`);
     }
   }
   for (const t of result.tensors.values()) {

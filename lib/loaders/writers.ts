@@ -209,7 +209,9 @@ function ggufMetadata(arch: string, config: ModelConfig, vocab: GgufVocab, fileT
 /**
  * Writes a GGUF v3 file llama.cpp can load: llama/qwen2 metadata and tokenizer, F32/F16/BF16
  * tensors under GGUF names with reversed dimensions, q/k rows permuted for arch "llama", llama3
- * RoPE scaling as `rope_freqs.weight`, every tensor 32-byte aligned.
+ * RoPE scaling as `rope_freqs.weight`, every tensor 32-byte aligned. Not representable for
+ * llama.cpp: Mistral's sliding window (irrelevant up to the window length) and the shortcut
+ * rotations of `wina transform` checkpoints (written, readable by wina only).
  */
 export async function writeGguf(file: string, spec: GgufWriteSpec): Promise<void> {
   const { config } = spec;
