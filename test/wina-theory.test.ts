@@ -77,6 +77,28 @@ function masked(x: ArrayLike<number>, mask: Uint8Array): Float64Array {
   return Float64Array.from(x, (v, i) => (mask[i] ? v : 0));
 }
 
+// ---- the reference rules themselves -------------------------------------------------------------
+
+describe('reference masks (lib/sparsity/masks.ts)', () => {
+  it('scores and column norms by hand', () => {
+    // W = [[3, 0, 1], [4, 0, -1]]: column norms 5, 0, sqrt(2).
+    const W = Float32Array.from([3, 0, 1, 4, 0, -1]);
+    const c = columnNorms(W, 2, 3);
+    expect([...c]).toEqual([5, 0, Math.SQRT2]);
+    expect([...scoresTeal([-2, 1, 0.5])]).toEqual([2, 1, 0.5]);
+    expect([...scoresWina([-2, 1, 0.5], c)]).toEqual([10, 0, Math.SQRT2 / 2]);
+    expect(() => columnNorms(W, 3, 3)).toThrow(/expected 3x3/);
+  });
+
+  it('topkMask keeps exactly k, ties going to the lower index', () => {
+    expect([...topkMask([1, 3, 3, 2, 3], 2)]).toEqual([0, 1, 1, 0, 0]);
+    expect([...topkMask([1, 3, 3, 2, 3], 4)]).toEqual([0, 1, 1, 1, 1]);
+    expect([...topkMask([0, 0, 0], 0)]).toEqual([0, 0, 0]);
+    expect([...topkMask([0, 0, 0], 3)]).toEqual([1, 1, 1]);
+    expect(() => topkMask([1, 2], 3)).toThrow(/k must be/);
+  });
+});
+
 // ---- Test 1: the paper's synthetic comparison --------------------------------------------------
 
 type Rule = 'teal' | 'wina';
