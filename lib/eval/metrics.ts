@@ -44,15 +44,61 @@ export function logSoftmax(logits: ArrayLike<number>, vocab: number, row: number
 
 /** KL(P || Q) of the next-token distributions in row `row` of dense (P) and sparse (Q) logits. */
 export function klAt(dense: ArrayLike<number>, sparse: ArrayLike<number>, vocab: number, row: number): number {
-  const lp = logSoftmax(dense, vocab, row);
-  const lq = logSoftmax(sparse, vocab, row);
-  let kl = 0;
-  for (let j = 0; j < vocab; j++) {
-    const p = Math.exp(lp[j]);
-    if (p > 0) kl += p * (lp[j] - lq[j]);
+  return new KlReference(dense, vocab, [row]).klSum(sparse);
+}
+
+/**
+ * The dense side of KL(dense || sparse) on some rows, prepared once so that each sparse pass costs one
+ * log-sum-exp and one dot product per row:
+ *   KL_row = sum_j p_j (log p_j - z_j) + lse(z) * sum_j p_j,  z = the sparse logits of the row.
+ * (sum_j p_j is kept rather than taken as 1 so the identity holds to rounding.)
+ */
+export class KlReference {
+  readonly rows: readonly number[];
+  readonly #vocab: number;
+  readonly #p: Float64Array; // rows.length x vocab
+  readonly #plogp: Float64Array; // per row: sum_j p_j log p_j
+  readonly #mass: Float64Array; // per row: sum_j p_j
+
+  constructor(dense: ArrayLike<number>, vocab: number, rows: ArrayLike<number>) {
+    this.rows = Array.from(rows);
+    this.#vocab = vocab;
+    const n = this.rows.length;
+    const total = dense.length / vocab;
+    this.#p = new Float64Array(n * vocab);
+    this.#plogp = new Float64Array(n);
+    this.#mass = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      const r = this.rows[i];
+      if (!(Number.isInteger(r) && r >= 0 && r < total)) throw new RangeError(`position ${r} is not a row in [0, ${total})`);
+      const lse = logSumExp(dense, vocab, r);
+      let plogp = 0, mass = 0;
+      for (let j = 0; j < vocab; j++) {
+        const lp = dense[r * vocab + j] - lse;
+        const p = Math.exp(lp);
+        this.#p[i * vocab + j] = p;
+        plogp += p * lp;
+        mass += p;
+      }
+      this.#plogp[i] = plogp;
+      this.#mass[i] = mass;
+    }
   }
-  // Rounding can leave -1e-17 for identical rows; KL is non-negative by definition.
-  return Math.max(kl, 0);
+
+  /** Sum over the rows of KL(dense || sparse). */
+  klSum(sparse: ArrayLike<number>): number {
+    const vocab = this.#vocab;
+    let sum = 0;
+    for (let i = 0; i < this.rows.length; i++) {
+      const base = this.rows[i] * vocab;
+      let pz = 0;
+      for (let j = 0; j < vocab; j++) pz += this.#p[i * vocab + j] * sparse[base + j];
+      const kl = this.#plogp[i] - pz + logSumExp(sparse, vocab, this.rows[i]) * this.#mass[i];
+      // Rounding can leave -1e-17 for identical rows; KL is non-negative by definition.
+      sum += Math.max(kl, 0);
+    }
+    return sum;
+  }
 }
 
 /**
@@ -62,14 +108,7 @@ export function klAt(dense: ArrayLike<number>, sparse: ArrayLike<number>, vocab:
 export function meanKl(denseLogits: ArrayLike<number>, sparseLogits: ArrayLike<number>, positions: ArrayLike<number>, vocab: number): number {
   if (denseLogits.length !== sparseLogits.length) throw new RangeError(`logits lengths differ: ${denseLogits.length} vs ${sparseLogits.length}`);
   if (positions.length === 0) throw new RangeError('positions must not be empty');
-  const rows = denseLogits.length / vocab;
-  let sum = 0;
-  for (let i = 0; i < positions.length; i++) {
-    const r = positions[i];
-    if (!(Number.isInteger(r) && r >= 0 && r < rows)) throw new RangeError(`position ${r} is not a row in [0, ${rows})`);
-    sum += klAt(denseLogits, sparseLogits, vocab, r);
-  }
-  return sum / positions.length;
+  return new KlReference(denseLogits, vocab, positions).klSum(sparseLogits) / positions.length;
 }
 
 // ---------------------------------------------------------------------------------------------------------
