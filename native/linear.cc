@@ -121,7 +121,9 @@ class Pool {
     std::lock_guard<std::mutex> lock(run_mutex_);
     if (!started_) start();
     if (workers_.empty() || n_tasks == 1) {
+      in_pool_task = true;
       for (int t = 0; t < n_tasks; t++) fn(t, 0);
+      in_pool_task = false;
       return;
     }
     fn_ = &fn;
