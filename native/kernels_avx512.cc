@@ -216,71 +216,83 @@ static int64_t select_topk(const float *s, int64_t n, int64_t k, int32_t *idx, i
 
 // ---- input-major gemv: 8 rows per pass ----------------------------------------------------------
 
-// y[0:out] += sum_u a[u] * r[u][0:out], for the three dtypes. Two partial sums per block keep the
-// FMA chains short.
-static void rows8_f32(const float *const r[8], const float a_s[8], int64_t out, float *y) {
-  __m512 a[8];
-  for (int u = 0; u < 8; u++) a[u] = _mm512_set1_ps(a_s[u]);
-  for (int64_t o = 0; o < out; o += 16) {
-    __mmask16 m = mask_first16(out - o);
-    __m512 s0 = _mm512_maskz_loadu_ps(m, y + o);
-    __m512 s1 = _mm512_mul_ps(a[1], _mm512_maskz_loadu_ps(m, r[1] + o));
-    s0 = _mm512_fmadd_ps(a[0], _mm512_maskz_loadu_ps(m, r[0] + o), s0);
-    s0 = _mm512_fmadd_ps(a[2], _mm512_maskz_loadu_ps(m, r[2] + o), s0);
-    s1 = _mm512_fmadd_ps(a[3], _mm512_maskz_loadu_ps(m, r[3] + o), s1);
-    s0 = _mm512_fmadd_ps(a[4], _mm512_maskz_loadu_ps(m, r[4] + o), s0);
-    s1 = _mm512_fmadd_ps(a[5], _mm512_maskz_loadu_ps(m, r[5] + o), s1);
-    s0 = _mm512_fmadd_ps(a[6], _mm512_maskz_loadu_ps(m, r[6] + o), s0);
-    s1 = _mm512_fmadd_ps(a[7], _mm512_maskz_loadu_ps(m, r[7] + o), s1);
-    _mm512_mask_storeu_ps(y + o, m, _mm512_add_ps(s0, s1));
-  }
+// y[0:out] += sum_u a[u] * r[u][0:out], for the three dtypes: one block of 16 (f32, f16) or 32
+// (bf16) outputs per call, all lanes in the main loop (constant masks fold into plain loads) and a
+// masked block for the tail. Two partial sums per block keep the FMA chains short.
+static inline void rows8_f32_block(const float *const r[8], const __m512 a[8], int64_t o, __mmask16 m,
+                                   float *y) {
+  __m512 s0 = _mm512_maskz_loadu_ps(m, y + o);
+  __m512 s1 = _mm512_mul_ps(a[1], _mm512_maskz_loadu_ps(m, r[1] + o));
+  s0 = _mm512_fmadd_ps(a[0], _mm512_maskz_loadu_ps(m, r[0] + o), s0);
+  s0 = _mm512_fmadd_ps(a[2], _mm512_maskz_loadu_ps(m, r[2] + o), s0);
+  s1 = _mm512_fmadd_ps(a[3], _mm512_maskz_loadu_ps(m, r[3] + o), s1);
+  s0 = _mm512_fmadd_ps(a[4], _mm512_maskz_loadu_ps(m, r[4] + o), s0);
+  s1 = _mm512_fmadd_ps(a[5], _mm512_maskz_loadu_ps(m, r[5] + o), s1);
+  s0 = _mm512_fmadd_ps(a[6], _mm512_maskz_loadu_ps(m, r[6] + o), s0);
+  s1 = _mm512_fmadd_ps(a[7], _mm512_maskz_loadu_ps(m, r[7] + o), s1);
+  _mm512_mask_storeu_ps(y + o, m, _mm512_add_ps(s0, s1));
 }
 
-static void rows8_bf16(const uint16_t *const r[8], const float a_s[8], int64_t out, float *y) {
-  __m512 a[8];
-  for (int u = 0; u < 8; u++) a[u] = _mm512_set1_ps(a_s[u]);
-  for (int64_t o = 0; o < out; o += 32) {
-    __mmask32 m = mask_first32(out - o);
-    __mmask16 m_lo = (__mmask16)m, m_hi = (__mmask16)(m >> 16);
-    __m512 even0, odd0, even1, odd1, w_even, w_odd;
-    split_even_odd(_mm512_maskz_loadu_ps(m_lo, y + o), _mm512_maskz_loadu_ps(m_hi, y + o + 16),
-                   &even0, &odd0);
-    load32_bf16_split(r[0] + o, m, &w_even, &w_odd);
-    even0 = _mm512_fmadd_ps(a[0], w_even, even0);
-    odd0 = _mm512_fmadd_ps(a[0], w_odd, odd0);
-    load32_bf16_split(r[1] + o, m, &w_even, &w_odd);
-    even1 = _mm512_mul_ps(a[1], w_even);
-    odd1 = _mm512_mul_ps(a[1], w_odd);
-    for (int u = 2; u < 8; u += 2) {
-      load32_bf16_split(r[u] + o, m, &w_even, &w_odd);
-      even0 = _mm512_fmadd_ps(a[u], w_even, even0);
-      odd0 = _mm512_fmadd_ps(a[u], w_odd, odd0);
-      load32_bf16_split(r[u + 1] + o, m, &w_even, &w_odd);
-      even1 = _mm512_fmadd_ps(a[u + 1], w_even, even1);
-      odd1 = _mm512_fmadd_ps(a[u + 1], w_odd, odd1);
-    }
-    __m512 lo, hi;
-    join_even_odd(_mm512_add_ps(even0, even1), _mm512_add_ps(odd0, odd1), &lo, &hi);
-    _mm512_mask_storeu_ps(y + o, m_lo, lo);
-    _mm512_mask_storeu_ps(y + o + 16, m_hi, hi);
-  }
+static inline void rows8_f16_block(const uint16_t *const r[8], const __m512 a[8], int64_t o, __mmask16 m,
+                                   float *y) {
+  __m512 s0 = _mm512_maskz_loadu_ps(m, y + o);
+  __m512 s1 = _mm512_mul_ps(a[1], load16_f16(r[1] + o, m));
+  s0 = _mm512_fmadd_ps(a[0], load16_f16(r[0] + o, m), s0);
+  s0 = _mm512_fmadd_ps(a[2], load16_f16(r[2] + o, m), s0);
+  s1 = _mm512_fmadd_ps(a[3], load16_f16(r[3] + o, m), s1);
+  s0 = _mm512_fmadd_ps(a[4], load16_f16(r[4] + o, m), s0);
+  s1 = _mm512_fmadd_ps(a[5], load16_f16(r[5] + o, m), s1);
+  s0 = _mm512_fmadd_ps(a[6], load16_f16(r[6] + o, m), s0);
+  s1 = _mm512_fmadd_ps(a[7], load16_f16(r[7] + o, m), s1);
+  _mm512_mask_storeu_ps(y + o, m, _mm512_add_ps(s0, s1));
 }
 
-static void rows8_f16(const uint16_t *const r[8], const float a_s[8], int64_t out, float *y) {
+static inline void rows8_bf16_block(const uint16_t *const r[8], const __m512 a[8], int64_t o, __mmask32 m,
+                                    float *y) {
+  __mmask16 m_lo = (__mmask16)m, m_hi = (__mmask16)(m >> 16);
+  __m512 even0, odd0, even1, odd1, w_even, w_odd;
+  split_even_odd(_mm512_maskz_loadu_ps(m_lo, y + o), _mm512_maskz_loadu_ps(m_hi, y + o + 16), &even0, &odd0);
+  load32_bf16_split(r[0] + o, m, &w_even, &w_odd);
+  even0 = _mm512_fmadd_ps(a[0], w_even, even0);
+  odd0 = _mm512_fmadd_ps(a[0], w_odd, odd0);
+  load32_bf16_split(r[1] + o, m, &w_even, &w_odd);
+  even1 = _mm512_mul_ps(a[1], w_even);
+  odd1 = _mm512_mul_ps(a[1], w_odd);
+  for (int u = 2; u < 8; u += 2) {
+    load32_bf16_split(r[u] + o, m, &w_even, &w_odd);
+    even0 = _mm512_fmadd_ps(a[u], w_even, even0);
+    odd0 = _mm512_fmadd_ps(a[u], w_odd, odd0);
+    load32_bf16_split(r[u + 1] + o, m, &w_even, &w_odd);
+    even1 = _mm512_fmadd_ps(a[u + 1], w_even, even1);
+    odd1 = _mm512_fmadd_ps(a[u + 1], w_odd, odd1);
+  }
+  __m512 lo, hi;
+  join_even_odd(_mm512_add_ps(even0, even1), _mm512_add_ps(odd0, odd1), &lo, &hi);
+  _mm512_mask_storeu_ps(y + o, m_lo, lo);
+  _mm512_mask_storeu_ps(y + o + 16, m_hi, hi);
+}
+
+// The row pointers are copied to locals so the compiler keeps them in registers (a store to y
+// could otherwise alias the caller's pointer array and force a reload per block).
+static void rows8(int dtype, const void *const r[8], const float a_s[8], int64_t out, float *y) {
   __m512 a[8];
   for (int u = 0; u < 8; u++) a[u] = _mm512_set1_ps(a_s[u]);
-  for (int64_t o = 0; o < out; o += 16) {
-    __mmask16 m = mask_first16(out - o);
-    __m512 s0 = _mm512_maskz_loadu_ps(m, y + o);
-    __m512 s1 = _mm512_mul_ps(a[1], load16_f16(r[1] + o, m));
-    s0 = _mm512_fmadd_ps(a[0], load16_f16(r[0] + o, m), s0);
-    s0 = _mm512_fmadd_ps(a[2], load16_f16(r[2] + o, m), s0);
-    s1 = _mm512_fmadd_ps(a[3], load16_f16(r[3] + o, m), s1);
-    s0 = _mm512_fmadd_ps(a[4], load16_f16(r[4] + o, m), s0);
-    s1 = _mm512_fmadd_ps(a[5], load16_f16(r[5] + o, m), s1);
-    s0 = _mm512_fmadd_ps(a[6], load16_f16(r[6] + o, m), s0);
-    s1 = _mm512_fmadd_ps(a[7], load16_f16(r[7] + o, m), s1);
-    _mm512_mask_storeu_ps(y + o, m, _mm512_add_ps(s0, s1));
+  int64_t o = 0;
+  if (dtype == WINA_BF16) {
+    const uint16_t *p[8];
+    for (int u = 0; u < 8; u++) p[u] = (const uint16_t *)r[u];
+    for (; o + 32 <= out; o += 32) rows8_bf16_block(p, a, o, (__mmask32)0xffffffffu, y);
+    if (o < out) rows8_bf16_block(p, a, o, mask_first32(out - o), y);
+  } else if (dtype == WINA_F16) {
+    const uint16_t *p[8];
+    for (int u = 0; u < 8; u++) p[u] = (const uint16_t *)r[u];
+    for (; o + 16 <= out; o += 16) rows8_f16_block(p, a, o, (__mmask16)0xffff, y);
+    if (o < out) rows8_f16_block(p, a, o, mask_first16(out - o), y);
+  } else {
+    const float *p[8];
+    for (int u = 0; u < 8; u++) p[u] = (const float *)r[u];
+    for (; o + 16 <= out; o += 16) rows8_f32_block(p, a, o, (__mmask16)0xffff, y);
+    if (o < out) rows8_f32_block(p, a, o, mask_first16(out - o), y);
   }
 }
 
@@ -293,15 +305,6 @@ static void row1(int dtype, const void *r, float a_s, int64_t out, float *y) {
     __m512 w = load16(dtype, (const char *)r + o * es, m);
     _mm512_mask_storeu_ps(y + o, m, _mm512_fmadd_ps(a, w, _mm512_maskz_loadu_ps(m, y + o)));
   }
-}
-
-static void rows8(int dtype, const void *const r[8], const float a[8], int64_t out, float *y) {
-  if (dtype == WINA_BF16)
-    rows8_bf16((const uint16_t *const *)r, a, out, y);
-  else if (dtype == WINA_F16)
-    rows8_f16((const uint16_t *const *)r, a, out, y);
-  else
-    rows8_f32((const float *const *)r, a, out, y);
 }
 
 static void gemv_sparse(int dtype, const void *wt, int64_t ld, int64_t out, const float *x,
