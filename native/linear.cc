@@ -246,9 +246,19 @@ struct Scratch {
   ~Scratch() { aligned_free64(data); }
 };
 
-std::mutex linear_mutex;  // the plan and scratch below are shared by all linear_* calls
+// A (matrix, row) position in the concatenated row lists of a group.
+struct Position {
+  int m;
+  int64_t j;
+};
+
+// The plan and scratch below are reused by every linear_* call (no allocation per call once
+// grown), hence one call at a time.
+std::mutex linear_mutex;
 Scratch partials;
 std::vector<Segment> segments;
+std::vector<int64_t> group_rows, group_row_bytes;
+std::vector<Position> cut;
 
 // Tasks for `work` units when a task should get at least `min_work` of them.
 int tasks_for(int64_t work, int64_t min_work, int64_t max_tasks) {
@@ -337,32 +347,29 @@ const wina_kernels *K() { return wina_kernels_active(); }
 void linear_sparse_group(int n, const Matrix *w, const float *x, const int32_t *const *idx,
                          const int64_t *nidx, float *const *y) {
   std::lock_guard<std::mutex> lock(linear_mutex);
-  std::vector<int64_t> rows(n), row_bytes(n);
+  group_rows.resize((size_t)n);
+  group_row_bytes.resize((size_t)n);
   int64_t total = 0;
   for (int m = 0; m < n; m++) {
-    rows[m] = idx && idx[m] ? nidx[m] : w[m].n_in;
-    row_bytes[m] = w[m].out * (int64_t)dtype_size(w[m].dtype);
-    total += rows[m] * row_bytes[m];
-    if (rows[m] == 0) memset(y[m], 0, (size_t)w[m].out * sizeof(float));
+    group_rows[m] = idx && idx[m] ? nidx[m] : w[m].n_in;
+    group_row_bytes[m] = w[m].out * (int64_t)dtype_size(w[m].dtype);
+    total += group_rows[m] * group_row_bytes[m];
+    if (group_rows[m] == 0) memset(y[m], 0, (size_t)w[m].out * sizeof(float));
   }
   int tasks = tasks_for(total, kMinTaskBytes, 64);
 
   // Task boundaries as (matrix, row) positions; task t runs from cut[t] up to cut[t + 1].
-  struct Position {
-    int m;
-    int64_t j;
-  };
-  std::vector<Position> cut(tasks + 1);
+  cut.resize((size_t)tasks + 1);
   cut[0] = {0, 0};
   cut[tasks] = {n, 0};
   for (int b = 1; b < tasks; b++) {
     int64_t target = total * b / tasks, start = 0;
     int m = 0;
-    while (start + rows[m] * row_bytes[m] <= target) {
-      start += rows[m] * row_bytes[m];
+    while (start + group_rows[m] * group_row_bytes[m] <= target) {
+      start += group_rows[m] * group_row_bytes[m];
       m++;
     }
-    cut[b] = {m, round_down8((target - start) / row_bytes[m])};
+    cut[b] = {m, round_down8((target - start) / group_row_bytes[m])};
     if (cut[b].m == cut[b - 1].m && cut[b].j < cut[b - 1].j) cut[b].j = cut[b - 1].j;
   }
   segments.clear();
@@ -370,7 +377,7 @@ void linear_sparse_group(int n, const Matrix *w, const float *x, const int32_t *
   for (int t = 0; t < tasks; t++) {
     for (int m = cut[t].m; m < n && m <= cut[t + 1].m; m++) {
       int64_t j0 = m == cut[t].m ? cut[t].j : 0;
-      int64_t j1 = m == cut[t + 1].m ? cut[t + 1].j : rows[m];
+      int64_t j1 = m == cut[t + 1].m ? cut[t + 1].j : group_rows[m];
       if (j1 <= j0) continue;
       segments.push_back({t, m, j0, j1, nullptr});
       if (j0 > 0) partial_floats += (size_t)((w[m].out + 15) & ~15);
