@@ -9,6 +9,7 @@ import {
   tokenizerFilesFromGguf,
   SUPPORTED_GGUF_PRE_TOKENIZERS,
 } from '../lib/tokenizer.js';
+import { readGgufHeader } from '../lib/loaders/gguf.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const shared = path.resolve(repoRoot, '../shared');
@@ -43,50 +44,8 @@ const EDGE_CASES = [
   "it's they're we'll I'D",
 ];
 
-// A minimal GGUF metadata reader for tests (header + key/values only), independent of the project's loader.
-function readGgufMetadata(file: string): Map<string, unknown> {
-  const buf = fs.readFileSync(file);
-  let o = 0;
-  const u32 = () => ((o += 4), buf.readUInt32LE(o - 4));
-  const u64 = () => ((o += 8), Number(buf.readBigUInt64LE(o - 8)));
-  const str = () => {
-    const n = u64();
-    o += n;
-    return buf.toString('utf8', o - n, o);
-  };
-  const value = (type: number): unknown => {
-    switch (type) {
-      case 0: return buf.readUInt8(o++);
-      case 1: return buf.readInt8(o++);
-      case 2: return ((o += 2), buf.readUInt16LE(o - 2));
-      case 3: return ((o += 2), buf.readInt16LE(o - 2));
-      case 4: return u32();
-      case 5: return ((o += 4), buf.readInt32LE(o - 4));
-      case 6: return ((o += 4), buf.readFloatLE(o - 4));
-      case 7: return buf.readUInt8(o++) !== 0;
-      case 8: return str();
-      case 9: {
-        const itemType = u32();
-        const n = u64();
-        return Array.from({ length: n }, () => value(itemType));
-      }
-      case 10: return u64();
-      case 11: return ((o += 8), Number(buf.readBigInt64LE(o - 8)));
-      case 12: return ((o += 8), buf.readDoubleLE(o - 8));
-      default: throw new Error(`${file}: unknown GGUF value type ${type} at byte ${o}`);
-    }
-  };
-  if (buf.toString('latin1', 0, 4) !== 'GGUF') throw new Error(`${file}: not a GGUF file`);
-  o = 4;
-  u32(); // version
-  u64(); // tensor count
-  const count = u64();
-  const metadata = new Map<string, unknown>();
-  for (let i = 0; i < count; i++) {
-    const key = str();
-    metadata.set(key, value(u32()));
-  }
-  return metadata;
+function ggufMetadata(file: string): Map<string, unknown> {
+  return readGgufHeader(file).metadata;
 }
 
 describe.skipIf(!hasShared)('tiny-en-llama tokenizer.json (needs ../shared)', () => {
@@ -178,10 +137,16 @@ describe.skipIf(!hasShared)('tiny-en-llama tokenizer.json (needs ../shared)', ()
 });
 
 describe.skipIf(!hasShared)('GGUF tokenizer.ggml.* metadata, SentencePiece vocabulary (needs ../shared)', () => {
-  const metadata = hasShared ? readGgufMetadata(path.join(tinyDir, 'gguf/tiny-en-llama-q8_0.gguf')) : new Map();
+  const metadata = hasShared ? ggufMetadata(path.join(tinyDir, 'gguf/tiny-en-llama-q8_0.gguf')) : new Map();
   const files = hasShared ? tokenizerFilesFromGguf(metadata) : (null as never);
   const fromGguf = hasShared ? new WinaTokenizer(files) : (null as unknown as WinaTokenizer);
   const fromJson = hasShared ? new WinaTokenizer(tinyTokenizerFiles()) : (null as unknown as WinaTokenizer);
+
+  it('builds the same tokenizer from the f32, bf16 and q8_0 files', () => {
+    for (const name of ['tiny-en-llama-f32.gguf', 'tiny-en-llama-bf16.gguf']) {
+      expect(tokenizerFilesFromGguf(ggufMetadata(path.join(tinyDir, 'gguf', name)))).toEqual(files);
+    }
+  });
 
   it('derives exactly the merges of the HF tokenizer.json', () => {
     const expected = (tinyTokenizerFiles().json.model as { merges: [string, string][] }).merges;
@@ -211,7 +176,7 @@ describe.skipIf(!hasShared)('GGUF tokenizer.ggml.* metadata, SentencePiece vocab
 
   it('matches known Llama-2 ids with the vocab-only ggml-vocab-llama.gguf', () => {
     const llama2 = new WinaTokenizer(
-      tokenizerFilesFromGguf(readGgufMetadata(path.join(shared, 'models/gguf-vocab-llama/ggml-vocab-llama.gguf'))),
+      tokenizerFilesFromGguf(ggufMetadata(path.join(shared, 'models/gguf-vocab-llama/ggml-vocab-llama.gguf'))),
     );
     expect(llama2.vocabSize).toBe(32000);
     expect(llama2.encode('Once upon a time, there was a little girl named Lily.')).toEqual([
@@ -284,6 +249,24 @@ describe('GGUF tokenizer.ggml.* metadata, byte-level BPE vocabulary', () => {
     expect(ids).toEqual([128006, 882, 128007, 271, 13347, 128009]);
     expect(tok.decode(ids, { skipSpecialTokens: true })).toBe('user\n\nHi');
     for (const text of texts) expect(tok.decode(tok.encode(text), { skipSpecialTokens: true })).toBe(text);
+  });
+
+  it("renders a Llama 3 Instruct chat template carried in tokenizer.chat_template", () => {
+    const metadata = llama3Metadata();
+    metadata.set(
+      'tokenizer.chat_template',
+      "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + " +
+        "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}" +
+        "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}" +
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+    );
+    const chat = new WinaTokenizer(tokenizerFilesFromGguf(metadata));
+    const text = chat.applyChatTemplate([{ role: 'user', content: ' Hi ' }]);
+    expect(text).toBe(
+      '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>' +
+        '<|start_header_id|>assistant<|end_header_id|>\n\n',
+    );
+    expect(chat.encode(text, { addSpecialTokens: false })).toEqual([128000, 128006, 882, 128007, 271, 13347, 128009, 128006, 78191, 128007, 271]);
   });
 
   it('rejects pre-tokenizers it does not know, naming the supported ones', () => {
