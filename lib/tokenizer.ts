@@ -124,6 +124,10 @@ export class WinaTokenizer {
     this.streamDecoding = describeDecoder(json.decoder);
   }
 
+  /**
+   * Text to ids. Special-token text inside `text` (e.g. "<s>", "<|eot_id|>") becomes that token, as with
+   * HF tokenizers' default; chat templates rely on it.
+   */
   encode(text: string, options: EncodeOptions = {}): number[] {
     const addSpecial = options.addSpecialTokens ?? true;
     if (!addSpecial) return this.#tok.encode(text, { add_special_tokens: false }).ids;

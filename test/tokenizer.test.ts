@@ -269,6 +269,23 @@ describe('GGUF tokenizer.ggml.* metadata, byte-level BPE vocabulary', () => {
     expect(chat.encode(text, { addSpecialTokens: false })).toEqual([128000, 128006, 882, 128007, 271, 13347, 128009, 128006, 78191, 128007, 271]);
   });
 
+  it('wires the other pre-tokenizers: qwen2 (single digits, NFC, no BOS), gpt-2, starcoder', () => {
+    const withPre = (pre: string) => {
+      const metadata = llama3Metadata();
+      metadata.set('tokenizer.ggml.pre', pre);
+      return new WinaTokenizer(tokenizerFilesFromGguf(metadata));
+    };
+    const digits = (t: WinaTokenizer, text: string) => t.encode(text, { addSpecialTokens: false }).map((id) => t.idToToken(id));
+    expect(digits(tok, '12345')).toEqual(['123', '45']);
+    const qwen = withPre('qwen2');
+    expect(digits(qwen, '12345')).toEqual(['1', '2', '3', '4', '5']);
+    expect(qwen.encode('caf\u0065\u0301')).toEqual(qwen.encode('caf\u00e9')); // NFC before splitting
+    expect(qwen.encode('Hello world!')).toEqual([9906, 1917, 0]); // no BOS unless the metadata asks
+    expect(digits(withPre('starcoder'), 'x 2024')).toEqual(['x', 'Ġ', '2', '0', '2', '4']);
+    // GPT-2's split keeps a run of digits and a leading space together; the BPE merges then split it.
+    expect(digits(withPre('gpt-2'), 'x 2024').join('')).toBe('xĠ2024');
+  });
+
   it('rejects pre-tokenizers it does not know, naming the supported ones', () => {
     const metadata = llama3Metadata();
     metadata.set('tokenizer.ggml.pre', 'deepseek-coder');
