@@ -88,6 +88,8 @@ export interface NativeBinding {
     y: Float32Array, captures: Float32Array[] | null): void;
   headForward(model: ModelHandle, x: Float32Array, T: number, logits: Float32Array): void;
   convertF32(src: Float32Array, dtype: Dtype, dst: Uint16Array): void;
+  /** Median GB/s of reading a buffer of `bytes` with the pool's threads. */
+  readBandwidth(bytes: number, reps: number): number;
 }
 
 /** The package root (lib/ and dist/ both sit one level below it). */

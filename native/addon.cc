@@ -5,6 +5,8 @@
 // which then drives the addon's own thread pool (never the JS thread).
 #include <napi.h>
 
+#include <algorithm>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -308,7 +310,11 @@ LinearArgs linear_args(const Napi::CallbackInfo &info, bool sparse) {
 }
 
 void run_linear(const LinearArgs &a) {
-  if (a.nidx < 0)
+  static const int32_t no_index = 0;  // an empty Int32Array may have no data pointer at all
+  if (a.nidx == 0) {
+    const int32_t *none = &no_index;
+    linear_sparse(a.w, a.x, none, 0, a.y);
+  } else if (a.nidx < 0)
     linear_dense(a.w, a.x, a.y);
   else
     linear_sparse(a.w, a.x, a.idx, a.nidx, a.y);
@@ -719,6 +725,43 @@ Napi::Value ConvertF32(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
+// readBandwidth(bytes, reps) -> GB/s (median of reps): every pool thread sums its share of a large
+// buffer. The reference point of the kernel benchmarks ("what fraction of the read bandwidth does a
+// GEMV reach"), measured in the same process and run.
+Napi::Value ReadBandwidth(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int64_t bytes = int_of(info[0], "bytes"), reps = int_of(info[1], "reps");
+  if (bytes < (1 << 20) || bytes > ((int64_t)1 << 36) || reps < 1 || reps > 1000) throw_range(env, "bytes or reps out of range");
+  size_t n = (size_t)bytes / sizeof(float);
+  float *buf = (float *)aligned_alloc64(n * sizeof(float));
+  if (!buf) throw Napi::Error::New(env, "out of memory");
+  for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
+  std::vector<double> gbps;
+  volatile float sink = 0;
+  for (int64_t r = 0; r < reps; r++) {
+    int tasks = pool_threads();
+    std::vector<float> sums((size_t)tasks);
+    auto t0 = std::chrono::steady_clock::now();
+    pool_run(tasks, [&](int t, int) {
+      size_t i0 = n * t / tasks, i1 = n * (t + 1) / tasks;
+      float acc[16] = {};
+      size_t i = i0;
+      for (; i + 16 <= i1; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += buf[i + j];
+      for (; i < i1; i++) acc[0] += buf[i];
+      float s = 0;
+      for (int j = 0; j < 16; j++) s += acc[j];
+      sums[t] = s;
+    });
+    double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (float v : sums) sink = sink + v;
+    gbps.push_back((double)bytes / sec / 1e9);
+  }
+  aligned_free64(buf);
+  std::sort(gbps.begin(), gbps.end());
+  return Napi::Number::New(env, gbps[gbps.size() / 2]);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto fn = [&](const char *name, Napi::Function::Callback cb) { exports.Set(name, Napi::Function::New(env, cb, name)); };
   fn("isa", Isa);
@@ -754,6 +797,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("layerForward", LayerForward);
   fn("headForward", HeadForward);
   fn("convertF32", ConvertF32);
+  fn("readBandwidth", ReadBandwidth);
   return exports;
 }
 
