@@ -2,7 +2,7 @@
 // read-bandwidth measurement taken in the same interleaved rounds, plus the cost of selecting the
 // inputs (threshold, exact top-k) relative to the GEMV they feed.
 //
-//   wina_bench [--json] [--quick] [--threads 1,2] [--rounds N]
+//   wina_bench [--json] [--quick] [--threads 1,2] [--rounds N] [--shape IN:OUT] [--dtype f32|bf16|f16]
 //
 // Method. For each shape x dtype x thread count, every variant (a large-array read, dense
 // split-k, dense split-output, sparse at each density) runs once per round, in an order rotated
@@ -33,6 +33,8 @@ struct Options {
   bool quick = false;
   std::vector<int> threads = {1, 2};
   int rounds = 15;
+  int64_t only_in = 0, only_out = 0;  // --shape IN:OUT runs just that shape
+  int only_dtype = -1;                // --dtype f32|bf16|f16
 };
 
 static Options options;
@@ -55,8 +57,18 @@ static Options parse(int argc, char **argv) {
       }
     } else if (a == "--rounds" && i + 1 < argc) {
       o.rounds = atoi(argv[++i]);
+    } else if (a == "--shape" && i + 1 < argc) {
+      const char *v = argv[++i];
+      o.only_in = atoll(v);
+      const char *colon = strchr(v, ':');
+      o.only_out = colon ? atoll(colon + 1) : 0;
+    } else if (a == "--dtype" && i + 1 < argc) {
+      std::string d = argv[++i];
+      o.only_dtype = d == "bf16" ? WINA_BF16 : d == "f16" ? WINA_F16 : WINA_F32;
     } else {
-      fprintf(stderr, "usage: wina_bench [--json] [--quick] [--threads 1,2] [--rounds N]\n");
+      fprintf(stderr,
+              "usage: wina_bench [--json] [--quick] [--threads 1,2] [--rounds N] [--shape IN:OUT]"
+              " [--dtype f32|bf16|f16]\n");
       exit(a == "--help" ? 0 : 2);
     }
   }
@@ -363,7 +375,9 @@ int main(int argc, char **argv) {
   options = parse(argc, argv);
   std::vector<Shape> shapes = {{4096, 4096}, {4096, 14336}, {14336, 4096}, {2048, 8192}};
   if (options.quick) shapes = {{4096, 4096}, {14336, 4096}};
-  const int dtypes[] = {WINA_F32, WINA_BF16};
+  if (options.only_in > 0 && options.only_out > 0) shapes = {{options.only_in, options.only_out}};
+  std::vector<int> dtypes = {WINA_F32, WINA_BF16};
+  if (options.only_dtype >= 0) dtypes = {options.only_dtype};
   // Rotating copies: at least this many bytes stream between two uses of one copy.
   const int64_t rotate_bytes = (options.quick ? 96ll : 192ll) << 20;
   const int64_t bw_floats = (options.quick ? 128ll : 512ll) << 18;  // 128 / 512 MiB
