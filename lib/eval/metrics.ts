@@ -185,6 +185,11 @@ export interface PerplexityOptions {
   sparsity?: SparsityOptions | null;
   /** Evaluate only the first `limit` windows. */
   limit?: number;
+  /**
+   * Token prepended to every window (default: the tokenizer's BOS). null for a stream that carries its own
+   * document markers, e.g. `<s> paragraph </s>` per line as tiny-en-llama was trained.
+   */
+  bos?: number | null;
 }
 
 export interface PerplexityResult {
@@ -203,11 +208,12 @@ export function textTokens(tokenizer: WinaTokenizer, text: string): number[] {
 }
 
 /** The window layout perplexity() and the sweep share for a model. */
-export function windowsFor(model: Model, tokens: string | ArrayLike<number>, opts: { seqLen?: number; stride?: number; limit?: number }): RollingWindow[] {
+export function windowsFor(model: Model, tokens: string | ArrayLike<number>,
+  opts: { seqLen?: number; stride?: number; limit?: number; bos?: number | null }): RollingWindow[] {
   const ids = typeof tokens === 'string' ? textTokens(requireTokenizer(model), tokens) : tokens;
   const seqLen = opts.seqLen ?? model.config.maxPositions;
   if (seqLen > model.config.maxPositions) throw new RangeError(`seqLen ${seqLen} exceeds the model's context (${model.config.maxPositions})`);
-  const all = rollingWindows(ids, { seqLen, stride: opts.stride, bos: model.tokenizer?.bosId ?? null });
+  const all = rollingWindows(ids, { seqLen, stride: opts.stride, bos: opts.bos === undefined ? model.tokenizer?.bosId ?? null : opts.bos });
   return opts.limit === undefined ? all : all.slice(0, opts.limit);
 }
 
