@@ -151,7 +151,9 @@ __attribute__((target("avx512f"))) static float read_avx512(const float *p, int6
   for (int64_t i = 0; i + 128 <= n; i += 128)
     for (int u = 0; u < 8; u++) s[u] = _mm512_add_ps(s[u], _mm512_load_ps(p + i + 16 * u));
   for (int u = 1; u < 8; u++) s[0] = _mm512_add_ps(s[0], s[u]);
-  return _mm512_reduce_add_ps(s[0]);
+  float out[16];
+  _mm512_storeu_ps(out, s[0]);
+  return out[0] + out[5] + out[10] + out[15];  // only keeps the loads alive
 }
 
 __attribute__((target("avx2"))) static float read_avx2(const float *p, int64_t n) {
@@ -162,7 +164,7 @@ __attribute__((target("avx2"))) static float read_avx2(const float *p, int64_t n
   for (int u = 1; u < 8; u++) s[0] = _mm256_add_ps(s[0], s[u]);
   float out[8];
   _mm256_storeu_ps(out, s[0]);
-  return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
+  return out[0] + out[5];  // only keeps the loads alive
 }
 
 static float read_scalar(const float *p, int64_t n) {
@@ -216,6 +218,8 @@ struct Variant {
   std::vector<double> ms;
 };
 
+static const size_t kFirstSparse = 4;  // bw_read, dense, dense_splitout, rows_gemv, then sparse
+
 struct GroupResult {
   double dense_ms = 0;
   std::vector<double> sparse_ms;  // per density
@@ -230,6 +234,7 @@ static GroupResult bench_group(Shape shape, int dtype, int threads, const std::v
   m.out = shape.out;
   m.ld = shape.out;
   std::vector<float> x = random_vector(shape.in), y((size_t)shape.out);
+  std::vector<float> x_rows = random_vector(shape.out), y_rows((size_t)shape.in);
 
   // Selections: top-k of random scores, the indices a gating step would produce.
   std::vector<std::vector<int32_t>> selections;
@@ -237,6 +242,7 @@ static GroupResult bench_group(Shape shape, int dtype, int threads, const std::v
   variants.push_back({"bw_read", 1.0, -1, {}});
   variants.push_back({"dense", 1.0, -1, {}});
   variants.push_back({"dense_splitout", 1.0, -1, {}});
+  variants.push_back({"rows_gemv", 1.0, -1, {}});  // the same bytes read as a row-major [in][out]
   std::vector<float> scores = random_vector(shape.in);
   for (float &s : scores) s = fabsf(s);
   std::vector<int32_t> scratch((size_t)shape.in);
@@ -262,8 +268,10 @@ static GroupResult bench_group(Shape shape, int dtype, int threads, const std::v
         wina::linear_dense(m, x.data(), y.data());
       } else if (var.kernel == "dense_splitout") {
         dense_splitout(m, x.data(), y.data());
+      } else if (var.kernel == "rows_gemv") {
+        wina::rows_gemv(dtype, m.data, shape.out, shape.in, shape.out, x_rows.data(), y_rows.data());
       } else {
-        const std::vector<int32_t> &idx = selections[(size_t)(&var - &variants[3])];
+        const std::vector<int32_t> &idx = selections[(size_t)(&var - &variants[kFirstSparse])];
         wina::linear_sparse(m, x.data(), idx.data(), (int64_t)idx.size(), y.data());
       }
       double t = now_ms() - t0;
@@ -357,14 +365,64 @@ static void bench_selection(int64_t n, const std::vector<std::pair<std::string, 
         if (options.json) {
           std::string dtype = label.substr(0, label.find('/'));
           int threads = atoi(label.substr(label.find('/') + 1).c_str());
+          // gbps / bw_ratio / speedup do not apply to selection (null); cost_ratio = ms / gemv_ms
           printf("{\"kernel\":\"%s\",\"dtype\":\"%s\",\"rows\":%lld,\"cols\":%lld,\"density\":%.2f,\"threads\":%d,"
-                 "\"ms\":%.5f,\"gemv_ms\":%.4f,\"cost_ratio\":%.4f,\"isa\":\"%s\"}\n",
+                 "\"ms\":%.5f,\"gbps\":null,\"bw_ratio\":null,\"speedup\":null,\"gemv_ms\":%.4f,"
+                 "\"cost_ratio\":%.4f,\"isa\":\"%s\"}\n",
                  name, dtype.c_str(), 4096LL, (long long)n, d, threads, us / 1e3, g.second, us / (g.second * 1e3),
                  k->name);
         }
       }
       note("  %-17s %7.2f %9.2f  %s\n", name, d, us, rel.c_str());
     }
+  }
+  fflush(stdout);
+}
+
+// ---- prefill GEMM -------------------------------------------------------------------------------
+
+// A prefill chunk of T tokens through linear_gemm against T calls of linear_dense (what decoding
+// the chunk token by token would cost), interleaved; GFLOP/s = 2 * T * in * out / time.
+static void bench_gemm(Shape shape, int64_t T) {
+  note("\nprefill gemm %lld->%lld, %lld tokens (%s)\n", (long long)shape.in, (long long)shape.out, (long long)T,
+       wina::K()->name);
+  note("  %-6s %7s %9s %9s %8s %8s\n", "dtype", "threads", "ms(med)", "ms(best)", "GFLOP/s", "speedup");
+  std::vector<float> x = random_vector(T * shape.in), y((size_t)(T * shape.out));
+  for (int dtype : {WINA_F32, WINA_BF16}) {
+    void *w = alloc_weights(dtype, shape.in * shape.out);
+    wina::Matrix m;
+    m.dtype = dtype;
+    m.data = w;
+    m.n_in = shape.in;
+    m.out = shape.out;
+    m.ld = shape.out;
+    for (int threads : options.threads) {
+      wina::pool_set_threads(threads);
+      std::vector<double> gemm_ms, gemv_ms;
+      int rounds = options.quick ? 3 : 7;
+      for (int round = 0; round < rounds + 1; round++) {
+        double t0 = now_ms();
+        wina::linear_gemm(m, x.data(), shape.in, T, y.data(), shape.out);
+        double t1 = now_ms();
+        for (int64_t t = 0; t < T; t++) wina::linear_dense(m, x.data() + t * shape.in, y.data() + t * shape.out);
+        double t2 = now_ms();
+        if (round > 0) {
+          gemm_ms.push_back(t1 - t0);
+          gemv_ms.push_back(t2 - t1);
+        }
+      }
+      double ms = median(gemm_ms), gflops = 2.0 * (double)T * (double)shape.in * (double)shape.out / ms / 1e6;
+      double gbps = (double)shape.in * (double)shape.out * (double)wina::dtype_size(dtype) / ms / 1e6;
+      double speedup = median(gemv_ms) / ms;
+      note("  %-6s %7d %9.3f %9.3f %8.1f %8.2f\n", dtype_name(dtype), threads, ms, best(gemm_ms), gflops, speedup);
+      if (options.json)
+        printf("{\"kernel\":\"gemm\",\"dtype\":\"%s\",\"rows\":%lld,\"cols\":%lld,\"density\":1.00,\"threads\":%d,"
+               "\"ms\":%.4f,\"gbps\":%.2f,\"bw_ratio\":null,\"speedup\":%.3f,\"tokens\":%lld,\"gflops\":%.1f,"
+               "\"isa\":\"%s\"}\n",
+               dtype_name(dtype), (long long)shape.out, (long long)shape.in, threads, ms, gbps, speedup, (long long)T,
+               gflops, wina::K()->name);
+    }
+    wina::aligned_free64(w);
   }
   fflush(stdout);
 }
@@ -404,6 +462,7 @@ int main(int argc, char **argv) {
       }
       for (void *p : copies) wina::aligned_free64(p);
     }
+  if (options.only_in == 0) bench_gemm({4096, 4096}, 64);
   wina::pool_set_threads(0);
   bench_selection(14336, feeds);
   wina::aligned_free64(bw_array);
