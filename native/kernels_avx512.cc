@@ -454,48 +454,67 @@ static void gemm(int dtype, const void *wt, int64_t ld, int64_t n_in, int64_t o0
   }
 }
 
-// ---- row-major gemv (lm_head): 4 rows per pass --------------------------------------------------
+// ---- row-major gemv (lm_head): 8 rows per pass --------------------------------------------------
+// Each pass reads 8 rows (two accumulators per row) and prefetches the next 8 rows one after
+// another, as the input-major gemv does.
 
-// x as f32 blocks; for bf16 rows x is permuted to even/odd order once per 32 columns and shared
-// by the 4 rows of the pass.
-static void rows4_dot(int dtype, const void *const r[4], const float *x, int64_t cols, float out4[4]) {
-  __m512 acc[4][2];
-  for (int u = 0; u < 4; u++) acc[u][0] = acc[u][1] = _mm512_setzero_ps();
-  if (dtype == WINA_BF16) {
-    for (int64_t c = 0; c < cols; c += 32) {
-      __mmask32 m = mask_first32(cols - c);
-      __m512 x_even, x_odd, w_even, w_odd;
-      split_even_odd(_mm512_maskz_loadu_ps((__mmask16)m, x + c),
-                     _mm512_maskz_loadu_ps((__mmask16)(m >> 16), x + c + 16), &x_even, &x_odd);
-      for (int u = 0; u < 4; u++) {
-        load32_bf16_split((const uint16_t *)r[u] + c, m, &w_even, &w_odd);
-        acc[u][0] = _mm512_fmadd_ps(w_even, x_even, acc[u][0]);
-        acc[u][1] = _mm512_fmadd_ps(w_odd, x_odd, acc[u][1]);
-      }
-    }
-  } else {
-    size_t es = dtype == WINA_F32 ? 4 : 2;
-    for (int64_t c = 0; c < cols; c += 16) {
-      __mmask16 m = mask_first16(cols - c);
-      __m512 xv = _mm512_maskz_loadu_ps(m, x + c);
-      int half = (int)((c >> 4) & 1);  // alternate accumulators to halve the FMA chains
-      for (int u = 0; u < 4; u++)
-        acc[u][half] = _mm512_fmadd_ps(load16(dtype, (const char *)r[u] + c * es, m), xv, acc[u][half]);
-    }
+static inline void rowsmajor8_bf16_block(const uint16_t *const r[8], const float *x, int64_t c, __mmask32 m,
+                                    __m512 acc[8][2]) {
+  __m512 x_even, x_odd, w_even, w_odd;
+  split_even_odd(_mm512_maskz_loadu_ps((__mmask16)m, x + c), _mm512_maskz_loadu_ps((__mmask16)(m >> 16), x + c + 16),
+                 &x_even, &x_odd);
+  for (int u = 0; u < 8; u++) {
+    load32_bf16_split(r[u] + c, m, &w_even, &w_odd);
+    acc[u][0] = _mm512_fmadd_ps(w_even, x_even, acc[u][0]);
+    acc[u][1] = _mm512_fmadd_ps(w_odd, x_odd, acc[u][1]);
   }
-  for (int u = 0; u < 4; u++) out4[u] = hsum(_mm512_add_ps(acc[u][0], acc[u][1]));
+}
+
+static inline void rowsmajor8_block(int dtype, const void *const r[8], const float *x, int64_t c, __mmask16 m,
+                               __m512 acc[8][2], int half) {
+  size_t es = dtype == WINA_F32 ? 4 : 2;
+  __m512 xv = _mm512_maskz_loadu_ps(m, x + c);
+  for (int u = 0; u < 8; u++)
+    acc[u][half] = _mm512_fmadd_ps(load16(dtype, (const char *)r[u] + c * es, m), xv, acc[u][half]);
+}
+
+static void rowsmajor8_dot(int dtype, const void *const r[8], const float *x, int64_t cols, float out8[8],
+                      next_rows next) {
+  __m512 acc[8][2];
+  for (int u = 0; u < 8; u++) acc[u][0] = acc[u][1] = _mm512_setzero_ps();
+  int64_t c = 0;
+  if (dtype == WINA_BF16) {
+    const uint16_t *p[8];
+    for (int u = 0; u < 8; u++) p[u] = (const uint16_t *)r[u];
+    for (; c + 32 <= cols; c += 32) {
+      next_rows_step(&next);  // 8 rows x 64 bytes per block
+      rowsmajor8_bf16_block(p, x, c, (__mmask32)0xffffffffu, acc);
+    }
+    if (c < cols) rowsmajor8_bf16_block(p, x, c, mask_first32(cols - c), acc);
+  } else {
+    const void *p[8] = {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
+    int step_every = dtype == WINA_F32 ? 16 : 32;  // columns per 512 bytes of the 8 rows
+    for (; c + 16 <= cols; c += 16) {
+      if ((c + 16) % step_every == 0) next_rows_step(&next);
+      rowsmajor8_block(dtype, p, x, c, (__mmask16)0xffff, acc, (int)((c >> 4) & 1));
+    }
+    if (c < cols) rowsmajor8_block(dtype, p, x, c, mask_first16(cols - c), acc, 0);
+  }
+  for (int u = 0; u < 8; u++) out8[u] = hsum(_mm512_add_ps(acc[u][0], acc[u][1]));
 }
 
 static void gemv_rows(int dtype, const void *w, int64_t ld, int64_t cols, const float *x,
                       int64_t r0, int64_t r1, float *y) {
-  size_t row_bytes = (size_t)ld * (dtype == WINA_F32 ? 4 : 2);
+  size_t es = dtype == WINA_F32 ? 4 : 2, row_bytes = (size_t)ld * es;
   const char *base = (const char *)w;
-  for (int64_t r = r0; r < r1; r += 4) {
-    const void *rows[4];
-    float dots[4];
-    int n = r1 - r < 4 ? (int)(r1 - r) : 4;
-    for (int u = 0; u < 4; u++) rows[u] = base + (size_t)(r + (u < n ? u : 0)) * row_bytes;
-    rows4_dot(dtype, rows, x, cols, dots);
+  for (int64_t r = r0; r < r1; r += 8) {
+    const void *rows[8];
+    float dots[8];
+    int n = r1 - r < 8 ? (int)(r1 - r) : 8;
+    for (int u = 0; u < 8; u++) rows[u] = base + (size_t)(r + (u < n ? u : 0)) * row_bytes;
+    next_rows next = {{nullptr}, 0, cols * (int64_t)es, 0, 0};
+    for (int64_t rn = r + 8; rn < r1 && next.n < 8; rn++) next.row[next.n++] = base + (size_t)rn * row_bytes;
+    rowsmajor8_dot(dtype, rows, x, cols, dots, next);
     for (int u = 0; u < n; u++) y[r + u] = dots[u];
   }
 }
