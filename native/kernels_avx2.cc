@@ -2,8 +2,8 @@
 // wina_kernels_avx2 after dispatch.cc has checked the CPU and the OS (YMM state saved).
 //
 // The same designs as kernels_avx512.cc on 8-lane vectors: 8 weight rows per pass into the whole
-// output vector, a 6-token register tile over a packed f32 panel for prefill, 4 rows per pass for
-// row-major gemv. AVX2 has no masked compress, so selection packs indices with a 256-entry
+// output vector with the next pass's rows prefetched, a 6-token register tile over a packed f32
+// panel for prefill, 8 rows per pass for row-major gemv. AVX2 has no masked compress, so selection packs indices with a 256-entry
 // permutation table; it has no masked byte loads, so the ragged tails of bf16/f16 rows run as
 // short scalar loops.
 //
@@ -233,9 +233,32 @@ static int64_t select_topk(const float *s, int64_t n, int64_t k, int32_t *idx, i
 
 // ---- input-major gemv: 8 rows per pass ----------------------------------------------------------
 
+// Software prefetch of the next pass's rows, one row after another, 512 bytes per step, stepped
+// at the rate the current pass consumes its rows (see kernels_avx512.cc for the measurement).
+struct next_rows {
+  const char *row[8];
+  int n;          // rows to prefetch (0 .. 8)
+  int64_t bytes;  // bytes per row that the pass reads
+  int u;
+  int64_t offset;
+};
+
+static inline void next_rows_step(next_rows *p) {
+  if (p->u >= p->n) return;
+  const char *q = p->row[p->u] + p->offset;
+  for (int k = 0; k < 8; k++) _mm_prefetch(q + 64 * k, _MM_HINT_T1);
+  p->offset += 512;
+  if (p->offset >= p->bytes) {
+    p->u++;
+    p->offset = 0;
+  }
+}
+
 // y[0:out] += sum_u a[u] * r[u][0:out]; main blocks of 8 outputs, then a scalar tail.
-static void rows8(int dtype, const void *const r[8], const float a_s[8], int64_t out, float *y) {
+static void rows8(int dtype, const void *const r[8], const float a_s[8], int64_t out, float *y,
+                  next_rows next) {
   size_t es = dtype == WINA_F32 ? 4 : 2;
+  int64_t step_outputs = dtype == WINA_F32 ? 16 : 32;  // outputs per 512 bytes of the 8 rows
   __m256 a[8];
   for (int u = 0; u < 8; u++) a[u] = _mm256_set1_ps(a_s[u]);
   const char *r0 = (const char *)r[0], *r1 = (const char *)r[1], *r2 = (const char *)r[2],
@@ -245,6 +268,7 @@ static void rows8(int dtype, const void *const r[8], const float a_s[8], int64_t
   // One copy of the loop per dtype so the loads inline without a branch per block.
 #define WINA_ROWS8_LOOP(LOAD)                                                  \
   for (; o + 8 <= out; o += 8) {                                               \
+    if ((o + 8) % step_outputs == 0) next_rows_step(&next);                    \
     size_t off = (size_t)o * es;                                               \
     __m256 s0 = _mm256_loadu_ps(y + o);                                        \
     __m256 s1 = _mm256_mul_ps(a[1], LOAD(r1 + off));                           \
@@ -289,7 +313,7 @@ static void row1(int dtype, const void *r, float a_s, int64_t out, float *y) {
 
 static void gemv_sparse(int dtype, const void *wt, int64_t ld, int64_t out, const float *x,
                         const int32_t *idx, int64_t nidx, float *y) {
-  size_t row_bytes = (size_t)ld * (dtype == WINA_F32 ? 4 : 2);
+  size_t es = dtype == WINA_F32 ? 4 : 2, row_bytes = (size_t)ld * es;
   const char *base = (const char *)wt;
   int64_t j = 0;
   for (; j + 8 <= nidx; j += 8) {
@@ -300,20 +324,24 @@ static void gemv_sparse(int dtype, const void *wt, int64_t ld, int64_t out, cons
       r[u] = base + (size_t)i * row_bytes;
       a[u] = x[i];
     }
-    rows8(dtype, r, a, out, y);
+    next_rows next = {{nullptr}, 0, out * (int64_t)es, 0, 0};
+    for (int64_t jn = j + 8; jn < nidx && next.n < 8; jn++) next.row[next.n++] = base + (size_t)idx[jn] * row_bytes;
+    rows8(dtype, r, a, out, y, next);
   }
   for (; j < nidx; j++) row1(dtype, base + (size_t)idx[j] * row_bytes, x[idx[j]], out, y);
 }
 
 static void gemv_dense(int dtype, const void *wt, int64_t ld, int64_t out, const float *x,
                        int64_t i0, int64_t i1, float *y) {
-  size_t row_bytes = (size_t)ld * (dtype == WINA_F32 ? 4 : 2);
+  size_t es = dtype == WINA_F32 ? 4 : 2, row_bytes = (size_t)ld * es;
   const char *base = (const char *)wt;
   int64_t i = i0;
   for (; i + 8 <= i1; i += 8) {
     const void *r[8];
     for (int u = 0; u < 8; u++) r[u] = base + (size_t)(i + u) * row_bytes;
-    rows8(dtype, r, x + i, out, y);
+    next_rows next = {{nullptr}, 0, out * (int64_t)es, 0, 0};
+    for (int64_t in = i + 8; in < i1 && next.n < 8; in++) next.row[next.n++] = base + (size_t)in * row_bytes;
+    rows8(dtype, r, x + i, out, y, next);
   }
   for (; i < i1; i++) row1(dtype, base + (size_t)i * row_bytes, x[i], out, y);
 }
@@ -389,38 +417,40 @@ static void gemm(int dtype, const void *wt, int64_t ld, int64_t n_in, int64_t o0
   }
 }
 
-// ---- row-major gemv (lm_head): 4 rows per pass --------------------------------------------------
+// ---- row-major gemv (lm_head): 8 rows per pass --------------------------------------------------
+// One accumulator per row (8 independent FMA chains), the next 8 rows prefetched one after another.
 
-static void rows4_dot(int dtype, const void *const r[4], const float *x, int64_t cols, float out4[4]) {
+static void rows8_dot(int dtype, const void *const r[8], const float *x, int64_t cols, float out8[8],
+                      next_rows next) {
   size_t es = dtype == WINA_F32 ? 4 : 2;
-  __m256 acc[4][2];
-  for (int u = 0; u < 4; u++) acc[u][0] = acc[u][1] = _mm256_setzero_ps();
+  int64_t step_cols = dtype == WINA_F32 ? 16 : 32;  // columns per 512 bytes of the 8 rows
+  __m256 acc[8];
+  for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
   int64_t c = 0;
-  for (; c + 16 <= cols; c += 16) {
-    __m256 x0 = _mm256_loadu_ps(x + c), x1 = _mm256_loadu_ps(x + c + 8);
-    for (int u = 0; u < 4; u++) {
-      const char *p = (const char *)r[u] + c * es;
-      acc[u][0] = _mm256_fmadd_ps(load8(dtype, p), x0, acc[u][0]);
-      acc[u][1] = _mm256_fmadd_ps(load8(dtype, p + 8 * es), x1, acc[u][1]);
-    }
+  for (; c + 8 <= cols; c += 8) {
+    if ((c + 8) % step_cols == 0) next_rows_step(&next);
+    __m256 xv = _mm256_loadu_ps(x + c);
+    for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(load8(dtype, (const char *)r[u] + c * es), xv, acc[u]);
   }
-  for (int u = 0; u < 4; u++) {
-    float sum = hsum(_mm256_add_ps(acc[u][0], acc[u][1]));
+  for (int u = 0; u < 8; u++) {
+    float sum = hsum(acc[u]);
     for (int64_t e = c; e < cols; e++) sum += load1(dtype, (const char *)r[u] + e * es) * x[e];
-    out4[u] = sum;
+    out8[u] = sum;
   }
 }
 
 static void gemv_rows(int dtype, const void *w, int64_t ld, int64_t cols, const float *x,
                       int64_t r0, int64_t r1, float *y) {
-  size_t row_bytes = (size_t)ld * (dtype == WINA_F32 ? 4 : 2);
+  size_t es = dtype == WINA_F32 ? 4 : 2, row_bytes = (size_t)ld * es;
   const char *base = (const char *)w;
-  for (int64_t r = r0; r < r1; r += 4) {
-    const void *rows[4];
-    float dots[4];
-    int n = r1 - r < 4 ? (int)(r1 - r) : 4;
-    for (int u = 0; u < 4; u++) rows[u] = base + (size_t)(r + (u < n ? u : 0)) * row_bytes;
-    rows4_dot(dtype, rows, x, cols, dots);
+  for (int64_t r = r0; r < r1; r += 8) {
+    const void *rows[8];
+    float dots[8];
+    int n = r1 - r < 8 ? (int)(r1 - r) : 8;
+    for (int u = 0; u < 8; u++) rows[u] = base + (size_t)(r + (u < n ? u : 0)) * row_bytes;
+    next_rows next = {{nullptr}, 0, cols * (int64_t)es, 0, 0};
+    for (int64_t rn = r + 8; rn < r1 && next.n < 8; rn++) next.row[next.n++] = base + (size_t)rn * row_bytes;
+    rows8_dot(dtype, rows, x, cols, dots, next);
     for (int u = 0; u < n; u++) y[r + u] = dots[u];
   }
 }
