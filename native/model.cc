@@ -7,10 +7,46 @@
 #include <math.h>
 #include <string.h>
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 namespace wina {
+
+// ============================================================================================
+// Optional profile (WINA_PROFILE=1): wall time per stage of the forward pass, printed at exit.
+// ============================================================================================
+
+namespace {
+enum Stage { ST_NORM, ST_SELECT, ST_QKV, ST_ATTN, ST_O, ST_GU, ST_DOWN, ST_HEAD, ST_OTHER, ST_COUNT };
+const char *kStageNames[ST_COUNT] = {"norm", "select*", "qkv", "attention", "o", "gate_up", "down", "lm_head", "other"};
+struct Profile {
+  bool on = getenv("WINA_PROFILE") != nullptr;
+  double sec[ST_COUNT] = {};
+  long calls = 0;
+  ~Profile() {
+    if (!on || calls == 0) return;
+    double total = 0;
+    for (double v : sec) total += v;
+    fprintf(stderr, "wina profile: %ld forward calls, %.3f s\n", calls, total);
+    for (int i = 0; i < ST_COUNT; i++)
+      fprintf(stderr, "  %-10s %8.3f s  %5.1f%%\n", kStageNames[i], sec[i], total > 0 ? 100 * sec[i] / total : 0);
+  }
+} g_profile;
+struct Timer {
+  int stage;
+  std::chrono::steady_clock::time_point t0;
+  explicit Timer(int st) : stage(st) {
+    if (g_profile.on) t0 = std::chrono::steady_clock::now();
+  }
+  ~Timer() {
+    if (g_profile.on) g_profile.sec[stage] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+}  // namespace
 
 // ============================================================================================
 // Shapes
@@ -373,6 +409,7 @@ static inline float silu(float g) { return g / (1.f + std::exp(-g)); }
 // threshold. Returns the count written to idx.
 static int64_t select_inputs(const MatPlan &mp, const float *x, int64_t n, const float *norms,
                              Work &w, int32_t *idx) {
+  Timer timer(ST_SELECT);
   ensure(w.scores, n);
   if (w.topk_scratch.size() < (size_t)n) w.topk_scratch.resize(n);
   K()->gating_scores(x, mp.score == SCORE_WINA ? norms : nullptr, n, w.scores.data());
@@ -381,6 +418,17 @@ static int64_t select_inputs(const MatPlan &mp, const float *x, int64_t n, const
     return K()->select_topk(w.scores.data(), n, k, idx, w.topk_scratch.data());
   }
   return K()->select_threshold(w.scores.data(), n, mp.threshold, idx);
+}
+
+// True when all n matrices of a group select identically: same mode and level, and a score that does
+// not depend on the matrix (|x|; the WINA score uses each matrix's own column norms).
+static bool same_selection(const MatPlan *const *mp, int n) {
+  if (n < 2) return false;
+  for (int j = 0; j < n; j++)
+    if (!mp[j] || mp[j]->score != SCORE_ABS || mp[j]->mode != mp[0]->mode || mp[j]->k != mp[0]->k ||
+        mp[j]->threshold != mp[0]->threshold)
+      return false;
+  return true;
 }
 
 // Y[T][ldy] (columns of each matrix at its offset in the fused storage) = W X for the matrices
@@ -406,6 +454,16 @@ static void project(Model *m, int l, const int *ids, int n, const float *X, int 
   if (T == 1) {
     if (!any_sparse) {
       linear_dense(fused, X, Y);
+      return;
+    }
+    if (same_selection(mp, n)) {
+      // Every matrix of the group would select the same inputs (e.g. TEAL's |x| on q, k and v at one
+      // level): select once and stream the fused rows, which are n times longer runs.
+      if (w.idx[0].size() < (size_t)n_in) w.idx[0].resize(n_in);
+      int64_t cnt = select_inputs(*mp[0], X, n_in, L.norms[ids[0]], w, w.idx[0].data());
+      w.kept += (double)cnt * n;
+      w.total += (double)n_in * n;
+      linear_sparse(fused, X, w.idx[0].data(), cnt, Y);
       return;
     }
     Matrix subs[3];
@@ -494,10 +552,16 @@ static void run_layer(Model *m, int l, float *x, int T, int pos0, float *kc, flo
   ensure(w.o, (size_t)T * d);
 
   // ---- attention ----
-  for (int t = 0; t < T; t++) rmsnorm(x + t * d, L.attn_norm, d, c.eps, w.xn.data() + t * d);
+  {
+    Timer timer(ST_NORM);
+    for (int t = 0; t < T; t++) rmsnorm(x + t * d, L.attn_norm, d, c.eps, w.xn.data() + t * d);
+  }
   static const int qkv_ids[3] = {M_Q, M_K, M_V};
-  project(m, l, qkv_ids, 3, w.xn.data(), T, w.qkv.data(), wqkv, plan, n_dense, w,
+  {
+    Timer timer(ST_QKV);
+    project(m, l, qkv_ids, 3, w.xn.data(), T, w.qkv.data(), wqkv, plan, n_dense, w,
           capture ? capture[0] : nullptr);
+  }
   for (int t = 0; t < T; t++) {
     float *q = w.qkv.data() + t * wqkv, *k = q + qd, *v = k + kvd;
     if (L.bq) {
@@ -517,6 +581,8 @@ static void run_layer(Model *m, int l, float *x, int T, int pos0, float *kc, flo
   ensure(w.scores, (size_t)nthreads * ctx);
   float *att_scores = w.scores.data();
   const wina_kernels *kern = K();
+  {
+  Timer timer(ST_ATTN);
   pool_run(c.n_heads * T, [&](int task, int thread) {
     int h = task % c.n_heads, t = task / c.n_heads;
     int pos = pos0 + t;
@@ -536,27 +602,40 @@ static void run_layer(Model *m, int l, float *x, int T, int pos0, float *kc, flo
     memset(out, 0, sizeof(float) * hd);
     for (int j = start; j <= pos; j++) kern->axpy_f32(s[j] * inv, vc + (int64_t)j * kvd + koff, out, hd);
   });
+  }
   static const int o_ids[1] = {M_O};
-  project(m, l, o_ids, 1, w.att.data(), T, w.o.data(), d, plan, n_dense, w,
+  {
+    Timer timer(ST_O);
+    project(m, l, o_ids, 1, w.att.data(), T, w.o.data(), d, plan, n_dense, w,
           capture ? capture[1] : nullptr);
+  }
   residual_add(c.shortcuts ? &L.attn_shortcut : nullptr, x, w.o.data(), T, d, w);
 
   // ---- MLP ----
   const int64_t ffn = c.ffn;
   ensure(w.gu, (size_t)T * 2 * ffn);
   ensure(w.h, (size_t)T * ffn);
-  for (int t = 0; t < T; t++) rmsnorm(x + t * d, L.ffn_norm, d, c.eps, w.xn.data() + t * d);
+  {
+    Timer timer(ST_NORM);
+    for (int t = 0; t < T; t++) rmsnorm(x + t * d, L.ffn_norm, d, c.eps, w.xn.data() + t * d);
+  }
   static const int gu_ids[2] = {M_GATE, M_UP};
-  project(m, l, gu_ids, 2, w.xn.data(), T, w.gu.data(), 2 * ffn, plan, n_dense, w,
+  {
+    Timer timer(ST_GU);
+    project(m, l, gu_ids, 2, w.xn.data(), T, w.gu.data(), 2 * ffn, plan, n_dense, w,
           capture ? capture[2] : nullptr);
+  }
   for (int t = 0; t < T; t++) {
     const float *g = w.gu.data() + t * 2 * ffn, *u = g + ffn;
     float *h = w.h.data() + t * ffn;
     for (int64_t i = 0; i < ffn; i++) h[i] = silu(g[i]) * u[i];
   }
   static const int down_ids[1] = {M_DOWN};
-  project(m, l, down_ids, 1, w.h.data(), T, w.o.data(), d, plan, n_dense, w,
+  {
+    Timer timer(ST_DOWN);
+    project(m, l, down_ids, 1, w.h.data(), T, w.o.data(), d, plan, n_dense, w,
           capture ? capture[3] : nullptr);
+  }
   residual_add(c.shortcuts ? &L.mlp_shortcut : nullptr, x, w.o.data(), T, d, w);
 }
 
@@ -632,6 +711,7 @@ bool forward(Session *s, const int32_t *tokens, int T, int logits_mode, float *l
       return false;
     }
   std::lock_guard<std::mutex> lock(m->run_mu);
+  g_profile.calls++;
   Work &w = *static_cast<Work *>(m->work);  // grows to the largest call; reused by every decode step
   w.kept = w.total = 0;
   const Plan *plan = s->plan.m.empty() ? nullptr : &s->plan;
@@ -649,6 +729,7 @@ bool forward(Session *s, const int32_t *tokens, int T, int logits_mode, float *l
     run_layer(m, l, x.data(), T, s->pos, kc, vc, plan, n_dense, w, nullptr);
   }
   s->pos += T;
+  Timer head_timer(ST_HEAD);
   if (logits_mode == LOGITS_LAST)
     head_rows(m, x.data() + (size_t)(T - 1) * d, 1, logits, w);
   else if (logits_mode == LOGITS_ALL)

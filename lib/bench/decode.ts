@@ -94,7 +94,13 @@ export async function runBenchDecode(o: Record<string, unknown>): Promise<void> 
     const cacheDir = (o.cacheDir as string | undefined) ?? path.join(os.tmpdir(), 'wina-bench-models');
     modelPath = await ensureShapeModel(o.shape as ShapeName, dtype, cacheDir, log);
   }
+  const rssBefore = process.memoryUsage().rss;
   const model = await loadModel(modelPath, { ...loadOptionsFrom(o), dtype: o.model ? (o.dtype as DtypeName | undefined) : dtype, progress: !json });
+  // Peak resident memory of the load (maxRSS is the process's high-water mark, in KiB) against the
+  // bytes of weights kept: the loader reads one tensor at a time, so this stays near 1x.
+  const peakLoad = process.resourceUsage().maxRSS * 1024 - rssBefore;
+  const loadRow = { engine: 'wina', variant: 'load', model: o.shape ?? modelPath, dtype: model.dtype, loadSeconds: +model.loadSeconds.toFixed(2),
+    weightBytes: model.weightBytes, peakRssBytes: peakLoad, peakOverWeights: +(peakLoad / model.weightBytes).toFixed(3) };
   try {
     const promptTokens = o.promptTokens as number;
     const tokens = o.tokens as number;
@@ -127,7 +133,7 @@ export async function runBenchDecode(o: Record<string, unknown>): Promise<void> 
     }
     const denseBytes = bytesPerToken(model, null);
     const denseDecode = median(results.get('dense')!.decode);
-    const rows: Record<string, unknown>[] = [];
+    const rows: Record<string, unknown>[] = [loadRow];
     for (const v of variants) {
       const res = results.get(v.name)!;
       const levels = v.sparsity ? planLevels(model.config, v.sparsity) : null;
@@ -159,7 +165,10 @@ export async function runBenchDecode(o: Record<string, unknown>): Promise<void> 
     console.log(`model ${o.shape ?? modelPath} (${model.dtype}), ${threads} threads, prompt ${promptTokens}, ` +
       `decode ${tokens} tokens, median of ${repeats} alternating runs`);
     console.log('engine     variant                         prefill tok/s  decode tok/s   GB/s   speedup  ideal  of-ideal');
+    console.log(`load: ${loadRow.loadSeconds} s, ${(loadRow.weightBytes / 1e9).toFixed(2)} GB of weights, peak RSS growth ` +
+      `${(loadRow.peakRssBytes / 1e9).toFixed(2)} GB = ${loadRow.peakOverWeights}x the weights`);
     for (const r of rows) {
+      if (r.variant === 'load') continue;
       console.log(`${String(r.engine).padEnd(10)} ${String(r.variant).padEnd(31)} ${String(r.prefillTokS).padStart(13)} ` +
         `${String(r.decodeTokS).padStart(13)} ${String(r.gbps).padStart(6)} ${String(r.speedup ?? '').padStart(9)} ` +
         `${String(r.idealSpeedup ?? '').padStart(6)} ${String(r.ofIdeal ?? '').padStart(9)}`);

@@ -45,6 +45,29 @@ async function tensorData(t: WritableTensor, expectedBytes: number): Promise<Uin
   return data;
 }
 
+/** A 1-D F16/BF16 tensor re-expressed as F32 (exact: both widen losslessly). */
+function vectorAsF32(t: WritableTensor): TensorSource {
+  const n = t.shape[0];
+  return {
+    name: t.name, dtype: 'F32', shape: t.shape,
+    async read() {
+      const src = await tensorData(t, n * 2);
+      const u16 = new Uint16Array(src.buffer.slice(src.byteOffset, src.byteOffset + n * 2));
+      const out = new Float32Array(n);
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < n; i++) {
+        if (t.dtype === 'BF16') {
+          bits[i] = u16[i] << 16;
+        } else {
+          const h = u16[i], sgn = h >> 15 ? -1 : 1, e = (h >> 10) & 31, m = h & 1023;
+          out[i] = e === 0 ? sgn * m * 2 ** -24 : e === 31 ? (m ? NaN : sgn * Infinity) : sgn * (1 + m / 1024) * 2 ** (e - 15);
+        }
+      }
+      return new Uint8Array(out.buffer);
+    },
+  };
+}
+
 function checkUniqueNames(tensors: WritableTensor[]): void {
   const seen = new Set<string>();
   for (const t of tensors) {
@@ -216,7 +239,9 @@ function ggufMetadata(arch: string, config: ModelConfig, vocab: GgufVocab, fileT
 export async function writeGguf(file: string, spec: GgufWriteSpec): Promise<void> {
   const { config } = spec;
   const arch = spec.arch ?? (config.arch === 'qwen2' ? 'qwen2' : 'llama');
-  const tensors: WritableTensor[] = [...spec.tensors];
+  // llama.cpp keeps 1-D tensors (norm weights, biases) in F32, as its own converter writes them:
+  // its CPU binary ops (x * norm) do not take a BF16/F16 second operand.
+  const tensors: WritableTensor[] = spec.tensors.map((t) => (t.shape.length === 1 && t.dtype !== 'F32' ? vectorAsF32(t) : t));
   checkUniqueNames(tensors);
   if (config.ropeScaling !== null) {
     const factors = llama3RopeFactors(config.ropeScaling, config.headDim, config.ropeTheta);
