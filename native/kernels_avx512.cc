@@ -24,12 +24,13 @@
 
 // ---- SIMD vocabulary ----------------------------------------------------------------------------
 
+// Masks of the first n lanes (none for n <= 0, all for n >= the width).
 static inline __mmask16 mask_first16(int64_t n) {
-  return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
 }
 
 static inline __mmask32 mask_first32(int64_t n) {
-  return n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << n) - 1u);
+  return n >= 32 ? (__mmask32)0xffffffffu : n <= 0 ? (__mmask32)0 : (__mmask32)((1u << n) - 1u);
 }
 
 static inline __m512i iota16(void) {

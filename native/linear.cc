@@ -97,6 +97,22 @@ int cores_available() {
 
 thread_local bool in_pool_task = false;
 
+// The current job is one 64-bit ticket: generation (20 bits) | task count (22) | next task (22).
+// A thread claims a task by compare-and-swap on the whole ticket, so a thread that wakes late can
+// only ever claim a task of the job that is current at that moment, and the job's function stays
+// valid until every claimed task has finished (the caller waits for them). Idle workers are never
+// waited for: when the caller finishes all tasks itself (a worker descheduled on a busy machine),
+// the run ends without it.
+constexpr int kTaskBits = 22;
+constexpr uint64_t kTaskMask = (1ull << kTaskBits) - 1;
+
+inline uint64_t ticket_make(uint64_t generation, uint64_t n_tasks, uint64_t next) {
+  return (generation << (2 * kTaskBits)) | (n_tasks << kTaskBits) | next;
+}
+inline int ticket_tasks(uint64_t t) { return (int)((t >> kTaskBits) & kTaskMask); }
+inline int ticket_next(uint64_t t) { return (int)(t & kTaskMask); }
+inline bool ticket_has_work(uint64_t t) { return ticket_next(t) < ticket_tasks(t); }
+
 class Pool {
  public:
   ~Pool() { stop(); }
@@ -120,27 +136,27 @@ class Pool {
     }
     std::lock_guard<std::mutex> lock(run_mutex_);
     if (!started_) start();
-    if (workers_.empty() || n_tasks == 1) {
+    if (workers_.empty() || n_tasks == 1 || (uint64_t)n_tasks > kTaskMask) {
       in_pool_task = true;
       for (int t = 0; t < n_tasks; t++) fn(t, 0);
       in_pool_task = false;
       return;
     }
     fn_ = &fn;
-    n_tasks_ = n_tasks;
-    next_task_.store(0, std::memory_order_relaxed);
-    pending_.store((int)workers_.size(), std::memory_order_relaxed);
-    {
-      std::lock_guard<std::mutex> sleep_lock(sleep_mutex_);
-      generation_.fetch_add(1, std::memory_order_release);
+    done_.store(0, std::memory_order_relaxed);
+    generation_++;
+    ticket_.store(ticket_make(generation_ & 0xfffff, (uint64_t)n_tasks, 0));  // publishes fn_
+    if (sleepers_.load() > 0) {
+      { std::lock_guard<std::mutex> sleep_lock(sleep_mutex_); }
+      wake_.notify_all();
     }
-    wake_.notify_all();
     work(0);
-    if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+    if (!spin_until([this, n_tasks] { return done_.load(std::memory_order_acquire) == n_tasks; })) {
       std::unique_lock<std::mutex> sleep_lock(sleep_mutex_);
-      done_.wait(sleep_lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+      caller_sleeping_.store(true);
+      done_cv_.wait(sleep_lock, [this, n_tasks] { return done_.load() == n_tasks; });
+      caller_sleeping_.store(false);
     }
-    fn_ = nullptr;
   }
 
  private:
@@ -150,18 +166,15 @@ class Pool {
   }
 
   void start() {
-    stopping_ = false;
-    uint64_t generation = generation_.load();
-    for (int id = 1; id < configured(); id++)
-      workers_.emplace_back([this, id, generation] { worker(id, generation); });
+    stopping_.store(false);
+    for (int id = 1; id < configured(); id++) workers_.emplace_back([this, id] { worker(id); });
     started_ = true;
   }
 
   void stop() {
     {
       std::lock_guard<std::mutex> sleep_lock(sleep_mutex_);
-      stopping_ = true;
-      generation_.fetch_add(1, std::memory_order_release);
+      stopping_.store(true);
     }
     wake_.notify_all();
     for (std::thread &t : workers_) t.join();
@@ -169,46 +182,51 @@ class Pool {
     started_ = false;
   }
 
-  // Claims tasks until none are left; tasks are handed out in order, so with n_tasks == threads
-  // each thread usually takes one (results never depend on which thread ran a task).
+  // Claims and runs tasks of the current job until none are left.
   void work(int thread) {
     in_pool_task = true;
-    for (;;) {
-      int t = next_task_.fetch_add(1, std::memory_order_relaxed);
-      if (t >= n_tasks_) break;
-      (*fn_)(t, thread);
+    uint64_t t = ticket_.load(std::memory_order_acquire);
+    while (ticket_has_work(t)) {
+      if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire))
+        continue;  // t now holds the current ticket
+      (*fn_)(ticket_next(t), thread);
+      int done = done_.fetch_add(1) + 1;
+      if (done == ticket_tasks(t) && caller_sleeping_.load()) {
+        { std::lock_guard<std::mutex> sleep_lock(sleep_mutex_); }
+        done_cv_.notify_one();
+      }
+      t = ticket_.load(std::memory_order_acquire);
     }
     in_pool_task = false;
   }
 
-  void worker(int id, uint64_t seen) {
+  void worker(int id) {
+    auto ready = [this] { return stopping_.load() || ticket_has_work(ticket_.load(std::memory_order_acquire)); };
     for (;;) {
-      auto changed = [this, seen] { return generation_.load(std::memory_order_acquire) != seen; };
-      if (!spin_until(changed)) {
+      if (!spin_until(ready)) {
         std::unique_lock<std::mutex> sleep_lock(sleep_mutex_);
-        wake_.wait(sleep_lock, changed);
+        sleepers_.fetch_add(1);
+        wake_.wait(sleep_lock, ready);
+        sleepers_.fetch_sub(1);
       }
-      seen = generation_.load(std::memory_order_acquire);
-      if (stopping_) return;
+      if (stopping_.load()) return;
       work(id);
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        { std::lock_guard<std::mutex> sleep_lock(sleep_mutex_); }
-        done_.notify_one();
-      }
     }
   }
 
   std::mutex run_mutex_;    // one run (or reconfiguration) at a time
-  std::mutex sleep_mutex_;  // guards the sleeps on wake_ and done_
-  std::condition_variable wake_, done_;
+  std::mutex sleep_mutex_;  // guards the sleeps on wake_ and done_cv_
+  std::condition_variable wake_, done_cv_;
   std::vector<std::thread> workers_;
   int threads_ = 0;  // 0: the machine's cores
   bool started_ = false;
-  bool stopping_ = false;  // written under sleep_mutex_ before a generation bump
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> next_task_{0}, pending_{0};
+  uint64_t generation_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<int> done_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> caller_sleeping_{false};
   const std::function<void(int, int)> *fn_ = nullptr;
-  int n_tasks_ = 0;
 };
 
 Pool &pool() {

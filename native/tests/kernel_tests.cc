@@ -21,6 +21,7 @@
 #include <atomic>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels.h"
@@ -452,6 +453,29 @@ static void test_pool() {
     wina::pool_run(4, [&](int, int) { wina::pool_run(3, [&](int, int) { inner++; }); });
     check(inner == 12, "nested pool_run runs inline (threads=%d)", threads);
   }
+  // Many short runs back to back, from two caller threads at once: every task of every run must
+  // run exactly once (late-waking workers must never run a task of a finished run).
+  wina::pool_set_threads(3);
+  std::atomic<int> wrong{0};
+  auto hammer = [&](int seed) {
+    std::mt19937 local((unsigned)seed);
+    for (int run = 0; run < 3000; run++) {
+      int n_tasks = 1 + (int)(local() % 7);
+      std::vector<std::atomic<int>> runs((size_t)n_tasks);
+      int spin = (int)(local() % 200);
+      wina::pool_run(n_tasks, [&](int task, int) {
+        for (volatile int i = 0; i < spin; i = i + 1) {
+        }
+        runs[(size_t)task]++;
+      });
+      for (int t = 0; t < n_tasks; t++)
+        if (runs[(size_t)t] != 1) wrong++;
+    }
+  };
+  std::thread other(hammer, 1);
+  hammer(2);
+  other.join();
+  check(wrong == 0, "6000 back-to-back runs from two callers: every task exactly once (%d wrong)", wrong.load());
   wina::pool_set_threads(0);
   check(wina::pool_threads() >= 1, "pool_set_threads(0) picks the machine's cores");
 }
