@@ -44,7 +44,12 @@ export interface NativeModelConfig {
   invFreq: Float32Array;
 }
 
-export interface ForwardStats { selectedFraction: number }
+export interface ForwardStats {
+  /** Mean fraction of matrix inputs kept (1 = dense). */
+  selectedFraction: number;
+  /** Weight bytes the call streamed (a prefill GEMM counts each matrix once). */
+  weightBytes: number;
+}
 
 export interface NativeBinding {
   isa(): Isa;

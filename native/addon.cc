@@ -621,6 +621,7 @@ ForwardJob forward_args(const Napi::CallbackInfo &info) {
 Napi::Value stats_value(Napi::Env env, const ForwardStats &s) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("selectedFraction", Napi::Number::New(env, s.selected_fraction));
+  o.Set("weightBytes", Napi::Number::New(env, s.weight_bytes));
   return o;
 }
 

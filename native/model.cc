@@ -162,6 +162,7 @@ struct Work {
   std::vector<int32_t> idx[3];
   std::vector<int32_t> topk_scratch;
   double kept = 0, total = 0;  // selection statistics
+  double bytes = 0;            // weight bytes streamed by this forward call
 };
 
 void ensure(std::vector<float> &v, size_t n) {
@@ -452,7 +453,9 @@ static void project(Model *m, int l, const int *ids, int n, const float *X, int 
   if (n_dense >= T) any_sparse = false;
 
   if (T == 1) {
+    const double es = (double)dtype_size(fused.dtype);
     if (!any_sparse) {
+      w.bytes += (double)fused.n_in * fused.out * es;
       linear_dense(fused, X, Y);
       return;
     }
@@ -463,6 +466,7 @@ static void project(Model *m, int l, const int *ids, int n, const float *X, int 
       int64_t cnt = select_inputs(*mp[0], X, n_in, L.norms[ids[0]], w, w.idx[0].data());
       w.kept += (double)cnt * n;
       w.total += (double)n_in * n;
+      w.bytes += (double)cnt * fused.out * es;
       linear_sparse(fused, X, w.idx[0].data(), cnt, Y);
       return;
     }
@@ -486,10 +490,12 @@ static void project(Model *m, int l, const int *ids, int n, const float *X, int 
         nidx[j] = n_in;
       }
     }
+    for (int j = 0; j < n; j++) w.bytes += (double)nidx[j] * subs[j].out * es;
     linear_sparse_group(n, subs, X, idx, nidx, ys);
     return;
   }
 
+  w.bytes += (double)fused.n_in * fused.out * dtype_size(fused.dtype);  // a GEMM streams W once
   if (!any_sparse) {
     linear_gemm(fused, X, n_in, T, Y, ldy);
     return;
@@ -526,6 +532,7 @@ static void project(Model *m, int l, const int *ids, int n, const float *X, int 
 static void residual_add(const Matrix *shortcut, float *x, const float *delta, int T, int64_t d,
                          Work &w) {
   if (shortcut && shortcut->data) {
+    w.bytes += (double)shortcut->n_in * shortcut->out * dtype_size(shortcut->dtype);
     ensure(w.tmp, (size_t)T * d);
     if (T == 1)
       linear_dense(*shortcut, x, w.tmp.data());
@@ -654,6 +661,7 @@ void embed_tokens(const Model &m, const int32_t *tokens, int T, float *x) {
 static void head_rows(Model *m, const float *x, int T, float *logits, Work &w) {
   const int64_t d = m->c.d;
   ensure(w.xn, d);
+  w.bytes += (double)m->c.vocab * d * dtype_size(m->c.dtype) * T;
   for (int t = 0; t < T; t++) {
     rmsnorm(x + t * d, m->final_norm, d, m->c.eps, w.xn.data());
     rows_gemv(m->c.dtype, m->lm_head, d, m->c.vocab, d, w.xn.data(), logits + (int64_t)t * m->c.vocab);
@@ -713,7 +721,7 @@ bool forward(Session *s, const int32_t *tokens, int T, int logits_mode, float *l
   std::lock_guard<std::mutex> lock(m->run_mu);
   g_profile.calls++;
   Work &w = *static_cast<Work *>(m->work);  // grows to the largest call; reused by every decode step
-  w.kept = w.total = 0;
+  w.kept = w.total = w.bytes = 0;
   const Plan *plan = s->plan.m.empty() ? nullptr : &s->plan;
   int n_dense = 0;  // tokens of this call that stay dense
   if (plan && T > 1) {
@@ -734,7 +742,10 @@ bool forward(Session *s, const int32_t *tokens, int T, int logits_mode, float *l
     head_rows(m, x.data() + (size_t)(T - 1) * d, 1, logits, w);
   else if (logits_mode == LOGITS_ALL)
     head_rows(m, x.data(), T, logits, w);
-  if (stats) stats->selected_fraction = w.total > 0 ? w.kept / w.total : 1.0;
+  if (stats) {
+    stats->selected_fraction = w.total > 0 ? w.kept / w.total : 1.0;
+    stats->weight_bytes = w.bytes;
+  }
   return true;
 }
 

@@ -109,6 +109,7 @@ enum LogitsMode { LOGITS_NONE = 0, LOGITS_LAST = 1, LOGITS_ALL = 2 };
 // LOGITS_LAST, T*vocab for LOGITS_ALL). Also records per-call selection statistics.
 struct ForwardStats {
   double selected_fraction = 1.0;  // mean fraction of inputs kept over sparsified matrices
+  double weight_bytes = 0;         // weight bytes streamed (each GEMM counts its matrix once)
 };
 bool forward(Session *s, const int32_t *tokens, int T, int logits_mode, float *logits,
              ForwardStats *stats, std::string *err);

@@ -67,19 +67,23 @@ function randomTokens(n: number, vocab: number, seed: number): number[] {
   return out;
 }
 
-async function runOurs(model: Model, sparsity: SparsityOptions | null, prompt: number[], tokens: number): Promise<{ prefill: number; decode: number }> {
+async function runOurs(model: Model, sparsity: SparsityOptions | null, prompt: number[], tokens: number): Promise<{ prefill: number; decode: number; bytes: number; kept: number }> {
   const s = model.createSession({ contextLength: prompt.length + tokens + 1, sparsity });
   try {
     const t0 = performance.now();
     let { logits } = await s.forward(prompt, { logits: 'last' });
     const t1 = performance.now();
+    let bytes = 0, kept = 0;
     for (let i = 0; i < tokens; i++) {
       let best = 0;
       for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
-      ({ logits } = await s.forward([best], { logits: 'last', into: logits }));
+      const r = await s.forward([best], { logits: 'last', into: logits });
+      logits = r.logits;
+      bytes += r.stats.weightBytes;
+      kept += r.stats.selectedFraction;
     }
     const t2 = performance.now();
-    return { prefill: prompt.length / ((t1 - t0) / 1000), decode: tokens / ((t2 - t1) / 1000) };
+    return { prefill: prompt.length / ((t1 - t0) / 1000), decode: tokens / ((t2 - t1) / 1000), bytes: bytes / tokens, kept: kept / tokens };
   } finally {
     s.dispose();
   }
@@ -121,29 +125,35 @@ export async function runBenchDecode(o: Record<string, unknown>): Promise<void> 
       for (const select of selects)
         variants.push({ name: `${sp.method}-${select}@${sp.sparsity}`, sparsity: { ...sp, select, calibration } });
     }
-    const results = new Map<string, { prefill: number[]; decode: number[] }>();
-    for (const v of variants) results.set(v.name, { prefill: [], decode: [] });
+    const results = new Map<string, { prefill: number[]; decode: number[]; bytes: number; kept: number }>();
+    for (const v of variants) results.set(v.name, { prefill: [], decode: [], bytes: 0, kept: 0 });
     await runOurs(model, null, prompt.slice(0, 8), 2); // warm-up
     for (let r = 0; r < repeats; r++) {
       for (const v of variants) {
         const m = await runOurs(model, v.sparsity, prompt, tokens);
-        results.get(v.name)!.prefill.push(m.prefill);
-        results.get(v.name)!.decode.push(m.decode);
+        const res = results.get(v.name)!;
+        res.prefill.push(m.prefill);
+        res.decode.push(m.decode);
+        res.bytes = m.bytes; // the same tokens every repeat: bytes per token are deterministic
+        res.kept = m.kept;
       }
     }
-    const denseBytes = bytesPerToken(model, null);
+    // Bytes per decode token as the engine counted them (selected columns x their length, lm_head,
+    // shortcut rotations); for top-k they equal bytesPerToken(levels), for thresholds they depend on the
+    // calibration and the text.
+    const denseBytes = results.get('dense')!.bytes;
     const denseDecode = median(results.get('dense')!.decode);
     const rows: Record<string, unknown>[] = [loadRow];
     for (const v of variants) {
       const res = results.get(v.name)!;
-      const levels = v.sparsity ? planLevels(model.config, v.sparsity) : null;
-      const bytes = bytesPerToken(model, levels);
+      const bytes = res.bytes;
       const decode = median(res.decode);
       const row = {
         engine: 'wina', variant: v.name, model: o.shape ?? modelPath, dtype: model.dtype, threads,
         promptTokens, tokens, repeats,
         prefillTokS: +median(res.prefill).toFixed(2), decodeTokS: +decode.toFixed(2),
-        gbps: +((bytes * decode) / 1e9).toFixed(2), bytesPerToken: bytes,
+        gbps: +((bytes * decode) / 1e9).toFixed(2), bytesPerToken: bytes, keptFraction: +res.kept.toFixed(3),
+        planBytesPerToken: bytesPerToken(model, v.sparsity ? planLevels(model.config, v.sparsity) : null),
         speedup: +(decode / denseDecode).toFixed(3), idealSpeedup: +(denseBytes / bytes).toFixed(3),
         ofIdeal: +((decode / denseDecode) / (denseBytes / bytes)).toFixed(3),
       };
@@ -164,14 +174,14 @@ export async function runBenchDecode(o: Record<string, unknown>): Promise<void> 
     }
     console.log(`model ${o.shape ?? modelPath} (${model.dtype}), ${threads} threads, prompt ${promptTokens}, ` +
       `decode ${tokens} tokens, median of ${repeats} alternating runs`);
-    console.log('engine     variant                         prefill tok/s  decode tok/s   GB/s   speedup  ideal  of-ideal');
+    console.log('engine     variant                         prefill tok/s  decode tok/s   GB/s   speedup  ideal  of-ideal  kept');
     console.log(`load: ${loadRow.loadSeconds} s, ${(loadRow.weightBytes / 1e9).toFixed(2)} GB of weights, peak RSS growth ` +
       `${(loadRow.peakRssBytes / 1e9).toFixed(2)} GB = ${loadRow.peakOverWeights}x the weights`);
     for (const r of rows) {
       if (r.variant === 'load') continue;
       console.log(`${String(r.engine).padEnd(10)} ${String(r.variant).padEnd(31)} ${String(r.prefillTokS).padStart(13)} ` +
         `${String(r.decodeTokS).padStart(13)} ${String(r.gbps).padStart(6)} ${String(r.speedup ?? '').padStart(9)} ` +
-        `${String(r.idealSpeedup ?? '').padStart(6)} ${String(r.ofIdeal ?? '').padStart(9)}`);
+        `${String(r.idealSpeedup ?? '').padStart(6)} ${String(r.ofIdeal ?? '').padStart(9)} ${String(r.keptFraction ?? '').padStart(5)}`);
     }
     const lc = rows.find((r) => r.engine === 'llama.cpp');
     if (lc) console.log(`wina dense / llama.cpp decode: ${lc.winaDenseOverLlamaCpp}x; prefill: ${lc.winaPrefillOverLlamaCpp}x`);
