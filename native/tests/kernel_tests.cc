@@ -175,16 +175,22 @@ static void test_conversions() {
 
 // ---- dispatch -----------------------------------------------------------------------------------
 
-static std::string run_self(const std::string &self, const char *isa) {
+// Runs this executable with WINA_ISA set; the child reports "<active ISA> <best ISA>" as it sees
+// the CPU (under an emulator a child may run natively, so its own best is the reference).
+static std::string run_self(const std::string &self, const char *isa, std::string *best) {
   std::string cmd = std::string("WINA_ISA=") + isa + " '" + self + "' --print-active-isa 2>/dev/null";
   FILE *p = popen(cmd.c_str(), "r");
   if (!p) return "";
-  char buf[64] = {0};
-  if (!fgets(buf, sizeof buf, p)) buf[0] = 0;
+  char active[64] = {0}, child_best[64] = {0};
+  if (fscanf(p, "%63s %63s", active, child_best) != 2) active[0] = 0;
   pclose(p);
-  std::string s(buf);
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s;
+  *best = child_best;
+  return active;
+}
+
+static const char *best_isa_name() {
+  int features = wina_cpu_features();
+  return (features & 4) ? "avx512" : (features & 2) ? "avx2" : "scalar";
 }
 
 static void test_dispatch(const std::string &self) {
@@ -193,12 +199,16 @@ static void test_dispatch(const std::string &self) {
   check((wina_kernels_for("avx2") != nullptr) == ((features & 2) != 0), "avx2 table iff feature bit");
   check((wina_kernels_for("avx512") != nullptr) == ((features & 4) != 0), "avx512 table iff feature bit");
   check(wina_kernels_for("sse9") == nullptr && wina_kernels_for(nullptr) == nullptr, "unknown ISA is NULL");
-  const char *best = (features & 4) ? "avx512" : (features & 2) ? "avx2" : "scalar";
-  check(strcmp(wina_kernels_active()->name, best) == 0 || getenv("WINA_ISA"), "active is the best ISA");
-  check(run_self(self, "scalar") == "scalar", "WINA_ISA=scalar forces scalar");
-  check(run_self(self, "avx2") == ((features & 2) ? "avx2" : best), "WINA_ISA=avx2");
-  check(run_self(self, "avx512") == best, "WINA_ISA=avx512 (falls back when unsupported)");
-  check(run_self(self, "nonsense") == best, "unknown WINA_ISA keeps the best ISA");
+  check(strcmp(wina_kernels_active()->name, best_isa_name()) == 0 || getenv("WINA_ISA"), "active is the best ISA");
+  std::string best;
+  check(run_self(self, "scalar", &best) == "scalar", "WINA_ISA=scalar forces scalar");
+  std::string active = run_self(self, "avx2", &best);
+  check(active == (best == "scalar" ? "scalar" : "avx2"), "WINA_ISA=avx2 (got %s, best %s)", active.c_str(),
+        best.c_str());
+  active = run_self(self, "avx512", &best);
+  check(active == best && !best.empty(), "WINA_ISA=avx512 (falls back when unsupported)");
+  active = run_self(self, "nonsense", &best);
+  check(active == best && !best.empty(), "unknown WINA_ISA keeps the best ISA");
 }
 
 // ---- norms and scores ---------------------------------------------------------------------------
@@ -579,7 +589,7 @@ static void test_linear() {
 
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--print-active-isa") == 0) {
-    printf("%s\n", wina_kernels_active()->name);
+    printf("%s %s\n", wina_kernels_active()->name, best_isa_name());
     return 0;
   }
   std::string self = "/proc/self/exe";
