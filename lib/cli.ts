@@ -127,6 +127,7 @@ export function buildProgram(): Command {
     .option('--repeats <n>', 'alternating repeats', int('repeats', 1), 3)
     .option('--compare <engine>', 'also run llama.cpp (node-llama-cpp) on the same weights')
     .option('--cache-dir <dir>', 'where random-weight models are written')
+    .option('--transformed', 'with --shape: a `wina transform`-style model (untied, residual rotations)')
     .option('--json', 'one JSON object per line');
   addSparsityOptions(addModelOptions(benchDecode)).action(async (o) => {
     const { runBenchDecode } = await import('./bench/decode.js');

@@ -281,10 +281,16 @@ function tensorSpecs(cfg: HfConfig, std: number | undefined): TensorSpec[] {
     specs.push(matrix(`${p}.mlp.gate_proj.weight`, inter, hidden));
     specs.push(matrix(`${p}.mlp.up_proj.weight`, inter, hidden));
     specs.push(matrix(`${p}.mlp.down_proj.weight`, hidden, inter));
+    // A `wina transform` checkpoint also rotates the residual stream (random matrices here: the speed
+    // of the rotations does not depend on their values).
+    if (cfg.wina_transform) {
+      specs.push(matrix(`${p}.attn_shortcut.weight`, hidden, hidden));
+      specs.push(matrix(`${p}.mlp_shortcut.weight`, hidden, hidden));
+    }
   }
   specs.push(norm('model.norm.weight'));
   // Tied models have no lm_head tensor in HF checkpoints: the loader reuses embed_tokens.
-  if (!tied) specs.push(matrix('lm_head.weight', vocab, hidden));
+  if (!tied || cfg.wina_transform) specs.push(matrix('lm_head.weight', vocab, hidden));
   return specs;
 }
 

@@ -44,13 +44,16 @@ export function bytesPerToken(model: Model, levels: number[][] | null): number {
   return bytes;
 }
 
-async function ensureShapeModel(shape: ShapeName, dtype: DtypeName, cacheDir: string, log: (s: string) => void): Promise<string> {
-  const dir = path.join(cacheDir, `${shape}-${dtype}`);
+async function ensureShapeModel(shape: ShapeName, dtype: DtypeName, cacheDir: string, rotations: boolean, log: (s: string) => void): Promise<string> {
+  const dir = path.join(cacheDir, `${shape}-${dtype}${rotations ? '-transformed' : ''}`);
   const marker = path.join(dir, '.complete');
   if (!fs.existsSync(marker)) {
     log(`writing a random-weight ${shape} checkpoint (${dtype}) to ${dir} ...`);
     const t0 = performance.now();
-    const r = await writeRandomCheckpoint(dir, shapeConfig(shape), { dtype: dtype.toUpperCase() as 'F32' | 'BF16' | 'F16', seed: 1 });
+    const cfg = rotations
+      ? { ...shapeConfig(shape), tie_word_embeddings: false, wina_transform: { version: 1, source: 'random', note: 'speed benchmark' } }
+      : shapeConfig(shape);
+    const r = await writeRandomCheckpoint(dir, cfg, { dtype: dtype.toUpperCase() as 'F32' | 'BF16' | 'F16', seed: 1 });
     fs.writeFileSync(marker, '');
     log(`  ${(r.bytes / 1e9).toFixed(2)} GB in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
@@ -96,7 +99,7 @@ export async function runBenchDecode(o: Record<string, unknown>): Promise<void> 
   let modelPath = (o.model as string | undefined) ?? DEFAULT_MODEL_PATH;
   if (o.shape) {
     const cacheDir = (o.cacheDir as string | undefined) ?? path.join(os.tmpdir(), 'wina-bench-models');
-    modelPath = await ensureShapeModel(o.shape as ShapeName, dtype, cacheDir, log);
+    modelPath = await ensureShapeModel(o.shape as ShapeName, dtype, cacheDir, Boolean(o.transformed), log);
   }
   const rssBefore = process.memoryUsage().rss;
   const model = await loadModel(modelPath, { ...loadOptionsFrom(o), dtype: o.model ? (o.dtype as DtypeName | undefined) : dtype, progress: !json });
