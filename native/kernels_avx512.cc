@@ -143,63 +143,129 @@ static int64_t select_threshold(const float *s, int64_t n, float t, int32_t *idx
   return count;
 }
 
-// Exact top-k by radix select on the score keys, never a sort:
-// 1. histogram of the top 12 key bits (4096 bins) finds the bin holding the k-th largest key;
-// 2. the keys in that bin are compressed into scratch;
-// 3. the remaining 20 bits of the k-th largest key are found bit by bit by counting candidates;
-// 4. one pass emits every key above it and the first ties at it by index (ascending order).
+// Exact top-k by radix select on the score keys, never a sort. Keys are the score keys biased
+// to unsigned, so bins and comparisons are plain unsigned order.
+// 1. A key range [lo, hi] that holds the k-th largest key: from a histogram of the top 12 key bits
+//    of 1024 evenly spaced samples (bins around the sample's k-th quantile, +-4 standard
+//    deviations), or, for short inputs or when the sampled range turns out to miss, from the
+//    histogram of every key (exact; the scalar histogram alone costs ~0.5 ns per score).
+// 2. One pass counts the keys above hi and compresses the keys in [lo, hi] into scratch.
+// 3. The k-th largest key t is found bit by bit below the common prefix of lo and hi, counting
+//    candidates >= probe.
+// 4. One pass emits every key above t and the first ties at t by index (ascending order).
+// At n = 14336 this takes ~9.5 us instead of ~15 us with the full histogram (Zen4, k = n/2).
+
+static inline __m512i biased_keys(__m512 s) {
+  return _mm512_xor_si512(score_keys(s), _mm512_set1_epi32((int)0x80000000u));
+}
+static inline uint32_t biased_key(float s) { return (uint32_t)score_key(s) ^ 0x80000000u; }
+
+// Range from a histogram of the top 12 bits of every key: exactly the bin of the k-th largest.
+static void topk_range_exact(const float *s, int64_t n, int64_t k, uint32_t *lo, uint32_t *hi) {
+  uint32_t hist[4096];
+  memset(hist, 0, sizeof hist);
+  for (int64_t i = 0; i < n; i++) hist[biased_key(s[i]) >> 20]++;
+  int64_t above = 0;
+  uint32_t bin = 4095;
+  while (above + hist[bin] < k) above += hist[bin--];
+  *lo = bin << 20;
+  *hi = *lo | 0xfffffu;
+}
+
+// Range from 1024 samples: the bins holding sample ranks k*S/n -+ 4 standard deviations. May miss
+// (the caller checks); returns 0 when the input is too short for sampling to pay.
+static int topk_range_sampled(const float *s, int64_t n, int64_t k, uint32_t *lo, uint32_t *hi) {
+  const int S = 1024;
+  if (n < 4 * S) return 0;
+  uint16_t hist[4096];
+  memset(hist, 0, sizeof hist);
+  uint32_t top = 0;
+  for (int j = 0; j < S; j++) {
+    uint32_t bin = biased_key(s[(int64_t)j * n / S]) >> 20;
+    hist[bin]++;
+    if (bin > top) top = bin;
+  }
+  double p = (double)k / (double)n, rank = p * S, margin = 4.0 * __builtin_sqrt(S * p * (1.0 - p)) + 2.0;
+  int64_t rank_hi = (int64_t)(rank - margin), rank_lo = (int64_t)(rank + margin);  // ranks from the top
+  int64_t seen = 0;
+  uint32_t bin = top, bin_hi = top;
+  for (;; bin--) {
+    if (seen <= rank_hi && rank_hi < seen + hist[bin]) bin_hi = bin;
+    seen += hist[bin];
+    if (seen > rank_lo || bin == 0) break;
+  }
+  *hi = rank_hi < 0 ? 0xffffffffu : (bin_hi << 20) | 0xfffffu;
+  *lo = seen > rank_lo ? bin << 20 : 0;
+  return 1;
+}
+
+// Counts keys above hi and packs the keys in [lo, hi] into cand. Full 16-lane stores (cheaper
+// than masked ones) stay inside cand[0, n) because the count never exceeds i; the ragged tail
+// stores with a mask.
+static int64_t topk_collect(const float *s, int64_t n, uint32_t lo, uint32_t hi, uint32_t *cand,
+                            int64_t *above) {
+  const __m512i lo_v = _mm512_set1_epi32((int)lo), hi_v = _mm512_set1_epi32((int)hi);
+  int64_t m = 0, count_above = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 valid = mask_first16(n - i);
+    __m512i key = biased_keys(_mm512_maskz_loadu_ps(valid, s + i));
+    __mmask16 over = _mm512_mask_cmpgt_epu32_mask(valid, key, hi_v);
+    __mmask16 in = _mm512_mask_cmpge_epu32_mask(valid & (__mmask16)~over, key, lo_v);
+    __m512i packed = _mm512_maskz_compress_epi32(in, key);
+    if (i + 16 <= n)
+      _mm512_storeu_si512(cand + m, packed);
+    else
+      _mm512_mask_storeu_epi32(cand + m, mask_first16(popcount16(in)), packed);
+    m += popcount16(in);
+    count_above += popcount16(over);
+  }
+  *above = count_above;
+  return m;
+}
+
+// Number of candidates whose key is >= probe (or > probe when strict).
+static int64_t topk_count(const uint32_t *cand, int64_t m, uint32_t probe, int strict) {
+  const __m512i probe_v = _mm512_set1_epi32((int)probe);
+  int64_t count = 0;
+  for (int64_t j = 0; j < m; j += 16) {
+    __mmask16 valid = mask_first16(m - j);
+    __m512i c = _mm512_maskz_loadu_epi32(valid, cand + j);
+    count += popcount16(strict ? _mm512_mask_cmpgt_epu32_mask(valid, c, probe_v)
+                               : _mm512_mask_cmpge_epu32_mask(valid, c, probe_v));
+  }
+  return count;
+}
+
 static int64_t select_topk(const float *s, int64_t n, int64_t k, int32_t *idx, int32_t *scratch) {
   if (k <= 0 || n <= 0) return 0;
   if (k >= n) {
     for (int64_t i = 0; i < n; i++) idx[i] = (int32_t)i;
     return n;
   }
-  // Keys are biased to unsigned so bins and comparisons are plain unsigned order.
-  const __m512i bias = _mm512_set1_epi32((int)0x80000000u);
-  uint32_t hist[4096];
-  memset(hist, 0, sizeof hist);
-  for (int64_t i = 0; i < n; i++) hist[((uint32_t)score_key(s[i]) ^ 0x80000000u) >> 20]++;
-  int64_t above = 0;
-  uint32_t bin = 4095;
-  while (above + hist[bin] < k) above += hist[bin--];
-  int64_t need = k - above;  // how many of the bin's keys are in the top k (1 .. hist[bin])
+  uint32_t *cand = (uint32_t *)scratch, lo, hi;
+  int64_t above, m = 0;
+  int sampled = topk_range_sampled(s, n, k, &lo, &hi);
+  if (sampled) m = topk_collect(s, n, lo, hi, cand, &above);
+  if (!sampled || !(above < k && k <= above + m)) {
+    topk_range_exact(s, n, k, &lo, &hi);
+    m = topk_collect(s, n, lo, hi, cand, &above);
+  }
+  int64_t need = k - above;  // how many candidates are in the top k (1 .. m)
 
-  uint32_t *cand = (uint32_t *)scratch;  // full 16-lane stores stay below i + 16 <= n (count <= i)
-  int64_t m = 0;
-  const __m512i bin_v = _mm512_set1_epi32((int)bin);
-  for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 valid = mask_first16(n - i);
-    __m512i key = _mm512_xor_si512(score_keys(_mm512_maskz_loadu_ps(valid, s + i)), bias);
-    __mmask16 in_bin = _mm512_mask_cmpeq_epi32_mask(valid, _mm512_srli_epi32(key, 20), bin_v);
-    _mm512_mask_storeu_epi32(cand + m, mask_first16(popcount16(in_bin)),
-                             _mm512_maskz_compress_epi32(in_bin, key));
-    m += popcount16(in_bin);
-  }
-  uint32_t t = bin << 20;
-  for (int bit = 19; bit >= 0; bit--) {
-    const __m512i probe = _mm512_set1_epi32((int)(t | (1u << bit)));
-    int64_t count = 0;
-    for (int64_t j = 0; j < m; j += 16) {
-      __mmask16 valid = mask_first16(m - j);
-      __m512i c = _mm512_maskz_loadu_epi32(valid, cand + j);
-      count += popcount16(_mm512_mask_cmpge_epu32_mask(valid, c, probe));
-    }
-    if (count >= need) t |= 1u << bit;
-  }
-  // Keys equal to t that are not needed: those of the bin above t count toward k first.
+  // t = the largest key with count(candidates >= t) >= need, below the common prefix of lo, hi.
+  int bit = 31;
+  while (bit >= 0 && ((lo ^ hi) >> bit) == 0) bit--;
+  uint32_t t = bit >= 31 ? 0 : lo & ~((2u << bit) - 1u);
+  for (; bit >= 0; bit--)
+    if (topk_count(cand, m, t | (1u << bit), 0) >= need) t |= 1u << bit;
+  int64_t ties = need - topk_count(cand, m, t, 1);  // keys equal to t that are in the top k (>= 1)
+
   const __m512i tv = _mm512_set1_epi32((int)t);
-  int64_t greater_in_bin = 0;
-  for (int64_t j = 0; j < m; j += 16) {
-    __mmask16 valid = mask_first16(m - j);
-    __m512i c = _mm512_maskz_loadu_epi32(valid, cand + j);
-    greater_in_bin += popcount16(_mm512_mask_cmpgt_epu32_mask(valid, c, tv));
-  }
-  int64_t ties = need - greater_in_bin;  // >= 1
   __m512i lanes = iota16();
   int64_t count = 0;
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 valid = mask_first16(n - i);
-    __m512i key = _mm512_xor_si512(score_keys(_mm512_maskz_loadu_ps(valid, s + i)), bias);
+    __m512i key = biased_keys(_mm512_maskz_loadu_ps(valid, s + i));
     __mmask16 sel = _mm512_mask_cmpgt_epu32_mask(valid, key, tv);
     if (ties > 0) {
       unsigned eq = _mm512_mask_cmpeq_epu32_mask(valid, key, tv);
