@@ -245,7 +245,8 @@ static void test_gating_scores(const wina_kernels *k) {
 
 // ---- selection ----------------------------------------------------------------------------------
 
-// Scores of several shapes: random, heavy ties, all zero, one histogram bin, a wide dynamic range.
+// Scores of several shapes: random, heavy ties, all zero, one histogram bin, a wide dynamic range,
+// alternating small/large.
 static std::vector<float> scores(int kind, int64_t n) {
   std::vector<float> s((size_t)n);
   for (int64_t i = 0; i < n; i++) {
@@ -255,7 +256,10 @@ static std::vector<float> scores(int kind, int64_t n) {
       case 1: v = (float)(rng() % 4) * 0.5f; break;
       case 2: v = 0.0f; break;
       case 3: v = float_of(0x3f800000u + (uint32_t)(rng() % 4096)); break;  // [1, 1.0005)
-      default: v = ldexpf(uniform(0.5f, 1.0f), (int)(rng() % 200) - 140); break;  // incl. subnormal
+      case 4: v = ldexpf(uniform(0.5f, 1.0f), (int)(rng() % 200) - 140); break;  // incl. subnormal
+      // Small at even, large at odd indices: a strided sample sees only the small ones, which
+      // defeats a sampled bracket (exercises the exact fallback of the AVX-512 top-k).
+      default: v = i % 2 ? uniform(1.0f, 2.0f) : uniform(0.0f, 0.01f); break;
     }
     s[(size_t)i] = v;
   }
@@ -273,7 +277,7 @@ static std::vector<int32_t> topk_by_sort(const std::vector<float> &s, int64_t k)
 }
 
 static void test_select_threshold(const wina_kernels *k) {
-  for (int kind = 0; kind < 5; kind++)
+  for (int kind = 0; kind < 6; kind++)
     for (int64_t n : {0, 1, 7, 15, 16, 17, 33, 100, 4097, 14336}) {
       std::vector<float> s = scores(kind, n);
       std::vector<float> ts = {-1.0f, 0.0f, 0.5f, 1.0f, 1.00025f, 3.0f};
@@ -293,7 +297,7 @@ static void test_select_threshold(const wina_kernels *k) {
 }
 
 static void test_select_topk(const wina_kernels *k) {
-  for (int kind = 0; kind < 5; kind++)
+  for (int kind = 0; kind < 6; kind++)
     for (int64_t n : {0, 1, 7, 16, 17, 33, 100, 4097, 14336}) {
       std::vector<float> s = scores(kind, n);
       for (int64_t kk : {(int64_t)0, (int64_t)1, n / 3, n / 2, n - 1, n, n + 5}) {
