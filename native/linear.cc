@@ -18,6 +18,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <new>
 #include <set>
 #include <thread>
 #include <utility>
@@ -257,7 +258,8 @@ struct Scratch {
     if (n > floats) {
       aligned_free64(data);
       data = (float *)aligned_alloc64(n * sizeof(float));
-      floats = n;
+      floats = data ? n : 0;
+      if (!data) throw std::bad_alloc();
     }
     return data;
   }
