@@ -8,8 +8,10 @@
 // - bf16 -> f32 is a shift (even elements) and an AND (odd elements) of one 64-byte load: 2 ops per
 //   32 weights. That yields the outputs de-interleaved, so each 32-output block of y is permuted
 //   into even/odd order once per pass and back before the store (4 permutes per 8 rows).
+// - While a pass runs, the next pass's rows are prefetched into L2 one row after another, so DRAM
+//   sees one sequential stream instead of 8 interleaved ones (+5-19 % on one thread).
 // - Selection compresses into a register and stores with a mask; vpcompressd straight to memory is
-//   ~10x slower on Zen4.
+//   ~10x slower on Zen4. Top-k brackets the k-th score by sampling, never sorts.
 // - No AVX-512 BF16 instruction is used: vdpbf16ps pairs adjacent elements along the output axis
 //   of our layout and would need x rounded to bf16, while the shift unpack already keeps the
 //   gemv at the memory limit.
