@@ -216,7 +216,7 @@ describe('runSweep (ppl)', () => {
       else if (!m[3]) stack.push(m[2]);
     }
     expect(stack).toEqual([]);
-    expect(svg.match(/<polyline /g)).toHaveLength(2); // teal and wina; dense is a dashed line
+    expect(svg.match(/<polyline /g)).toHaveLength(4); // teal and wina in each panel; dense is a dashed line
     for (const m of ['dense', 'teal', 'wina']) expect(svg).toContain(`>${m}</text>`);
     for (const [, pts] of svg.matchAll(/points="([^"]+)"/g))
       for (const p of pts.split(' ')) for (const v of p.split(',')) expect(Number.isFinite(Number(v))).toBe(true);

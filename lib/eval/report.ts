@@ -118,58 +118,92 @@ function tickLabel(v: number): string {
   return String(+v.toPrecision(6));
 }
 
-/** Task metric (ppl, or acc in %) against sparsity; dense is a dashed horizontal reference line. */
-export function svgPlot(result: SweepResult): string {
-  const W = 640, H = 400;
-  const L = 64, R = 150, T = 36, B = 52;
-  const pw = W - L - R, ph = H - T - B;
-  const value = (c: SweepCell) => (result.task === 'ppl' ? c.metrics.ppl : c.metrics.acc * 100);
-  const yName = result.task === 'ppl' ? 'perplexity' : 'accuracy (%)';
+interface Panel {
+  x: number;
+  y: number;
+  w: number;
+  h: number;
+  title: string;
+  yName: string;
+  value: (c: SweepCell) => number;
+}
 
+/** A panel's curves: one polyline per sparse method (from the dense point at 0), dense dashed. */
+function drawPanel(result: SweepResult, p: Panel, colorOf: (m: string) => string, out: string[]): void {
   const cols = sparsityColumns(result);
-  const xs = niceTicks(0, Math.max(...cols, 0.1), 5).filter((v) => v >= 0);
-  const values = result.cells.map(value);
-  const ys = niceTicks(Math.min(...values), Math.max(...values), 5);
+  const xs = niceTicks(0, Math.max(...cols, 0.1), 7).filter((v) => v >= 0);
+  const values = result.cells.map(p.value);
+  // 4% headroom so that no curve (often dense, the best value) lies on the frame; but a non-negative
+  // quantity (KL) keeps 0 as its floor.
+  const lo = Math.min(...values), hi = Math.max(...values), pad = (hi - lo) * 0.04;
+  const ys = niceTicks(lo >= 0 && lo - pad < 0 ? 0 : lo - pad, hi + pad, 5);
   const x0 = xs[0], x1 = xs[xs.length - 1], y0 = ys[0], y1 = ys[ys.length - 1];
-  const px = (s: number) => L + ((s - x0) / (x1 - x0)) * pw;
-  const py = (v: number) => T + ph - ((v - y0) / (y1 - y0)) * ph;
+  const px = (s: number) => p.x + ((s - x0) / (x1 - x0)) * p.w;
+  const py = (v: number) => p.y + p.h - ((v - y0) / (y1 - y0)) * p.h;
   const f = (n: number) => n.toFixed(1);
+
+  out.push(`<text x="${f(p.x + p.w / 2)}" y="${p.y - 10}" text-anchor="middle" font-size="13">${esc(p.title)}</text>`);
+  for (const v of xs) {
+    out.push(`<line x1="${f(px(v))}" y1="${p.y}" x2="${f(px(v))}" y2="${p.y + p.h}" stroke="#e5e5e5"/>`);
+    out.push(`<text x="${f(px(v))}" y="${p.y + p.h + 16}" text-anchor="middle">${tickLabel(v * 100)}</text>`);
+  }
+  for (const v of ys) {
+    out.push(`<line x1="${p.x}" y1="${f(py(v))}" x2="${p.x + p.w}" y2="${f(py(v))}" stroke="#e5e5e5"/>`);
+    out.push(`<text x="${p.x - 5}" y="${f(py(v) + 4)}" text-anchor="end">${tickLabel(v)}</text>`);
+  }
+  out.push(`<line x1="${p.x}" y1="${p.y + p.h}" x2="${p.x + p.w}" y2="${p.y + p.h}" stroke="black"/>`);
+  out.push(`<line x1="${p.x}" y1="${p.y}" x2="${p.x}" y2="${p.y + p.h}" stroke="black"/>`);
+  out.push(`<text x="${f(p.x + p.w / 2)}" y="${p.y + p.h + 36}" text-anchor="middle">sparsity (%)</text>`);
+  const ly = p.y + p.h / 2;
+  out.push(`<text x="${p.x - 50}" y="${f(ly)}" text-anchor="middle" transform="rotate(-90 ${p.x - 50} ${f(ly)})">${esc(p.yName)}</text>`);
+
+  const dense = result.cells.find((c) => c.method === 'dense');
+  for (const m of methodRows(result)) {
+    const color = colorOf(m);
+    if (m === 'dense') {
+      const y = f(py(p.value(dense!)));
+      out.push(`<line x1="${p.x}" y1="${y}" x2="${p.x + p.w}" y2="${y}" stroke="${color}" stroke-dasharray="6 4"/>`);
+      continue;
+    }
+    const cells = result.cells.filter((c) => c.method === m).sort((a, b) => a.sparsity - b.sparsity);
+    const pts = cells.map((c) => [c.sparsity, p.value(c)]);
+    // Every method is the dense model at 0%: start the curve there when level 0 was not asked for.
+    if (dense && cells[0]?.sparsity !== 0) pts.unshift([0, p.value(dense)]);
+    out.push(`<polyline points="${pts.map(([s, v]) => `${f(px(s))},${f(py(v))}`).join(' ')}" fill="none" stroke="${color}" stroke-width="2"/>`);
+    for (const c of cells) out.push(`<circle cx="${f(px(c.sparsity))}" cy="${f(py(p.value(c)))}" r="3" fill="${color}"/>`);
+  }
+}
+
+/**
+ * Two panels against sparsity: the task metric (perplexity, or accuracy in %) and the mean KL from
+ * dense; one line per method, dense as a dashed reference.
+ */
+export function svgPlot(result: SweepResult): string {
+  const W = 900, H = 400;
+  const top = 56, ph = 280, pw = 300, gap = 90, left = 70;
+  const methods = methodRows(result);
+  const colorOf = (m: string) => COLORS[methods.indexOf(m) % COLORS.length];
+  const metric = result.task === 'ppl' ? 'perplexity' : 'accuracy (%)';
+  const title = `${result.task}: ${metric} and KL from dense vs sparsity (${result.select}${result.greedy ? ', greedy levels' : ''})`;
 
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
     `<rect x="0" y="0" width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${L + pw / 2}" y="20" text-anchor="middle" font-size="14">${esc(`${result.task}: ${yName} vs sparsity (${result.select})`)}</text>`,
+    `<text x="${W / 2}" y="20" text-anchor="middle" font-size="14">${esc(title)}</text>`,
   ];
-  // Grid and ticks.
-  for (const v of xs) {
-    out.push(`<line x1="${f(px(v))}" y1="${T}" x2="${f(px(v))}" y2="${T + ph}" stroke="#e5e5e5"/>`);
-    out.push(`<text x="${f(px(v))}" y="${T + ph + 18}" text-anchor="middle">${tickLabel(v * 100)}</text>`);
-  }
-  for (const v of ys) {
-    out.push(`<line x1="${L}" y1="${f(py(v))}" x2="${L + pw}" y2="${f(py(v))}" stroke="#e5e5e5"/>`);
-    out.push(`<text x="${L - 6}" y="${f(py(v) + 4)}" text-anchor="end">${tickLabel(v)}</text>`);
-  }
-  // Axes.
-  out.push(`<line x1="${L}" y1="${T + ph}" x2="${L + pw}" y2="${T + ph}" stroke="black"/>`);
-  out.push(`<line x1="${L}" y1="${T}" x2="${L}" y2="${T + ph}" stroke="black"/>`);
-  out.push(`<text x="${L + pw / 2}" y="${H - 12}" text-anchor="middle">sparsity (%)</text>`);
-  out.push(`<text x="16" y="${T + ph / 2}" text-anchor="middle" transform="rotate(-90 16 ${T + ph / 2})">${esc(yName)}</text>`);
-
-  // One line per method; the legend lists them in the same order.
-  methodRows(result).forEach((m, i) => {
-    const color = COLORS[i % COLORS.length];
-    const cells = result.cells.filter((c) => c.method === m).sort((a, b) => a.sparsity - b.sparsity);
-    if (m === 'dense') {
-      const y = f(py(value(cells[0])));
-      out.push(`<line x1="${L}" y1="${y}" x2="${L + pw}" y2="${y}" stroke="${color}" stroke-dasharray="6 4"/>`);
-    } else {
-      const pts = cells.map((c) => `${f(px(c.sparsity))},${f(py(value(c)))}`).join(' ');
-      out.push(`<polyline points="${pts}" fill="none" stroke="${color}" stroke-width="2"/>`);
-      for (const c of cells) out.push(`<circle cx="${f(px(c.sparsity))}" cy="${f(py(value(c)))}" r="3" fill="${color}"/>`);
-    }
-    const ly = T + 10 + i * 20;
-    out.push(`<line x1="${L + pw + 16}" y1="${ly}" x2="${L + pw + 40}" y2="${ly}" stroke="${color}" stroke-width="2"${m === 'dense' ? ' stroke-dasharray="6 4"' : ''}/>`);
-    out.push(`<text x="${L + pw + 46}" y="${ly + 4}">${esc(m)}</text>`);
+  drawPanel(result, {
+    x: left, y: top, w: pw, h: ph, title: metric, yName: metric,
+    value: (c) => (result.task === 'ppl' ? c.metrics.ppl : c.metrics.acc * 100),
+  }, colorOf, out);
+  drawPanel(result, {
+    x: left + pw + gap, y: top, w: pw, h: ph, title: 'mean KL(dense || sparse)', yName: 'KL (nats)', value: (c) => c.kl,
+  }, colorOf, out);
+  // Legend, in the order the methods were asked for.
+  const lx = left + 2 * pw + gap + 24;
+  methods.forEach((m, i) => {
+    const ly = top + 10 + i * 20;
+    out.push(`<line x1="${lx}" y1="${ly}" x2="${lx + 24}" y2="${ly}" stroke="${colorOf(m)}" stroke-width="2"${m === 'dense' ? ' stroke-dasharray="6 4"' : ''}/>`);
+    out.push(`<text x="${lx + 30}" y="${ly + 4}">${esc(m)}</text>`);
   });
   out.push('</svg>', '');
   return out.join('\n');
