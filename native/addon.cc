@@ -320,17 +320,13 @@ void run_linear(const LinearArgs &a) {
     linear_sparse(a.w, a.x, a.idx, a.nidx, a.y);
 }
 
-std::mutex g_linear_mu;  // the pool is not reentrant: one threaded kernel call at a time
-
 Napi::Value LinearDense(const Napi::CallbackInfo &info) {
   LinearArgs a = linear_args(info, false);
-  std::lock_guard<std::mutex> lock(g_linear_mu);
-  run_linear(a);
+  run_linear(a);  // linear.cc serialises concurrent callers
   return info.Env().Undefined();
 }
 Napi::Value LinearSparse(const Napi::CallbackInfo &info) {
   LinearArgs a = linear_args(info, true);
-  std::lock_guard<std::mutex> lock(g_linear_mu);
   run_linear(a);
   return info.Env().Undefined();
 }
@@ -339,7 +335,6 @@ Napi::Value LinearAsync(const Napi::CallbackInfo &info, bool sparse) {
   std::vector<Napi::Value> pins;
   for (size_t i = 0; i < info.Length(); i++) pins.push_back(info[i]);
   return run_async(info.Env(), [a]() {
-    std::lock_guard<std::mutex> lock(g_linear_mu);
     run_linear(a);
     return std::string();
   }, nullptr, pins);

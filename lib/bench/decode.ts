@@ -11,6 +11,7 @@ import { matrixInputs, MATRICES, planLevels, type SparsityOptions } from '../spa
 import { dtypeBytes, type DtypeName } from '../tensor.js';
 import { loadOptionsFrom, sparsityFrom } from '../cli.js';
 import { calibrateModel } from '../sparsity/calibrate.js';
+import { median } from './stats.js';
 
 export interface DecodeRun {
   variant: string;
@@ -20,11 +21,6 @@ export interface DecodeRun {
   bytesPerToken: number;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 /** Bytes of weights one decode token reads under the given per-layer per-matrix levels. */
 export function bytesPerToken(model: Model, levels: number[][] | null): number {

@@ -5,15 +5,11 @@
 import { native } from '../native.js';
 import { InputMajorMatrix, gatingScores, setThreads, getThreads } from '../kernels.js';
 import { Tensor, dtypeCode, dtypeBytes, type DtypeName } from '../tensor.js';
+import { median } from './stats.js';
 
 const SHAPES: [number, number][] = [[4096, 4096], [4096, 14336], [14336, 4096], [2048, 8192]]; // [in, out]
 const DENSITIES = [1.0, 0.75, 0.6, 0.5, 0.35, 0.2];
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 function randomMatrix(nIn: number, out: number, dtype: DtypeName): InputMajorMatrix {
   const t = Tensor.alloc(dtype, nIn * out);

@@ -8,6 +8,7 @@ import { openCheckpoint, readTensorBytes } from '../loaders/index.js';
 import { syntheticGgufVocab, ggufVocabFromTokenizerJson, writeGguf, type TensorSource } from '../loaders/writers.js';
 import type { Model } from '../model.js';
 import type { DtypeName } from '../tensor.js';
+import { median } from './stats.js';
 
 export interface LlamaCppResult {
   version: string;
@@ -15,11 +16,6 @@ export interface LlamaCppResult {
   decodeTokS: number;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 async function ensureGguf(modelPath: string, dtype: DtypeName, log: (s: string) => void): Promise<string> {
   if (modelPath.endsWith('.gguf')) return modelPath;
