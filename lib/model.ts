@@ -6,7 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { WinaLoadError } from './errors.js';
-import { isGgufCheckpoint, openCheckpoint, readTensorAsF32, readTensorBytes } from './loaders/index.js';
+import { dequantizeQ8_0, isGgufCheckpoint, openCheckpoint, readTensorAsF32 } from './loaders/index.js';
+import { openForReading, readFully } from './loaders/source.js';
 import type { Checkpoint, ModelConfig, TensorInfo } from './loaders/types.js';
 import { native, packageRoot, type Dtype, type ModelHandle, type NativePlan } from './native.js';
 import { ropeInvFreq } from './rope.js';
@@ -28,6 +29,8 @@ export interface LoadOptions {
   sparsity?: SparsityOptions;
   /** A calibration file written by `wina calibrate` (or its parsed content). */
   calibration?: string | Calibration;
+  /** Bytes read per step while loading (default 64 MiB): bounds the loader's memory above the weights. */
+  chunkBytes?: number;
   /** Show a progress bar on a terminal for loads over a second (default: true when stderr is a TTY). */
   progress?: boolean | ((done: number, total: number) => void);
 }
@@ -237,19 +240,24 @@ export async function loadModel(modelPath: string = DEFAULT_MODEL_PATH, options:
     residualRotations: cfg.residualRotations, dtype: dtypeCode(dtype), invFreq: ropeInvFreq(cfg),
   });
   try {
-    // Read tensors in file order, one at a time, into one reusable buffer: peak memory stays at the
-    // final weights plus the largest tensor.
+    // Tensors in file order, each in chunks of rows through one reusable buffer: peak memory is the
+    // final weights plus CHUNK_BYTES (a whole tensor only where the GGUF q/k row permutation needs it).
     const infos = [...ck.tensors.values()].sort((a, b) => (a.file === b.file ? a.offset - b.offset : a.file < b.file ? -1 : 1));
-    const largest = infos.reduce((m, t) => Math.max(m, t.dtype === 'Q8_0' ? 0 : t.byteLength), 0);
-    const buffer = Buffer.allocUnsafe(largest);
     const progress = progressReporter(options.progress, ck.totalBytes);
-    let done = 0;
-    for (const info of infos) {
-      const k = tensorKind(info.name);
-      if (!k) continue; // e.g. rotary_emb.inv_freq (validated by the loader)
-      uploadTensor(handle, k.kind, k.layer, info, buffer);
-      done += info.byteLength;
-      progress.tick(done);
+    const chunkBytes = options.chunkBytes ?? CHUNK_BYTES;
+    if (!Number.isSafeInteger(chunkBytes) || chunkBytes < 1) throw new RangeError(`chunkBytes must be a positive integer, got ${chunkBytes}`);
+    const reader = new ChunkReader(chunkBytes);
+    try {
+      let done = 0;
+      for (const info of infos) {
+        const k = tensorKind(info.name);
+        if (!k) continue; // e.g. rotary_emb.inv_freq (validated by the loader)
+        uploadTensor(handle, k.kind, k.layer, info, reader);
+        done += info.byteLength;
+        progress.tick(done);
+      }
+    } finally {
+      reader.close();
     }
     progress.stop();
     native.modelFinalize(handle);
@@ -265,15 +273,55 @@ export async function loadModel(modelPath: string = DEFAULT_MODEL_PATH, options:
   });
 }
 
-function uploadTensor(handle: ModelHandle, kind: number, layer: number, info: TensorInfo, buffer: Buffer): void {
+const CHUNK_BYTES = 64 << 20;
+
+/** Positional reads into one reusable buffer, one open descriptor per file. */
+class ChunkReader {
+  #fds = new Map<string, number>();
+  #buffer: Buffer;
+  readonly chunkBytes: number;
+
+  constructor(chunkBytes: number) {
+    this.chunkBytes = chunkBytes;
+    this.#buffer = Buffer.allocUnsafe(Math.min(chunkBytes, 1 << 30));
+  }
+
+  read(file: string, position: number, length: number): Buffer {
+    if (length > this.#buffer.length) this.#buffer = Buffer.allocUnsafe(length);
+    let fd = this.#fds.get(file);
+    if (fd === undefined) this.#fds.set(file, (fd = openForReading(file)));
+    return readFully(fd, file, position, length, this.#buffer.subarray(0, length)) as Buffer;
+  }
+
+  close(): void {
+    for (const fd of this.#fds.values()) fs.closeSync(fd);
+    this.#fds.clear();
+  }
+}
+
+function uploadTensor(handle: ModelHandle, kind: number, layer: number, info: TensorInfo, reader: ChunkReader): void {
   const rows = info.shape[0];
   const cols = info.shape.length > 1 ? info.shape[1] : 1;
-  if (info.dtype === 'Q8_0') {
-    // Dequantized (and un-permuted) by the loader; the engine converts f32 to the model dtype.
-    const w = readTensorAsF32(info);
-    native.modelSetTensor(handle, kind, layer, w, 0, rows, cols, null);
+  if (info.rowPermutation) {
+    // GGUF q/k: the permutation mixes rows, so the tensor goes in whole (these are small matrices).
+    const bytes = info.dtype === 'Q8_0' ? null : reader.read(info.file, info.offset, info.byteLength);
+    if (bytes) native.modelSetTensor(handle, kind, layer, bytes, FILE_DTYPE[info.dtype], rows, cols, info.rowPermutation);
+    else native.modelSetTensor(handle, kind, layer, readTensorAsF32(info), 0, rows, cols, null); // un-permuted by the loader
     return;
   }
-  const bytes = readTensorBytes(info, buffer);
-  native.modelSetTensor(handle, kind, layer, bytes, FILE_DTYPE[info.dtype], rows, cols, info.rowPermutation ?? null);
+  const rowBytes = info.byteLength / rows;
+  const chunkRows = Math.max(1, Math.floor(reader.chunkBytes / (info.dtype === 'Q8_0' ? cols * 4 : rowBytes)));
+  const f32 = info.dtype === 'Q8_0' ? new Float32Array(Math.min(rows, chunkRows) * cols) : null;
+  for (let r0 = 0; r0 < rows; r0 += chunkRows) {
+    const n = Math.min(chunkRows, rows - r0);
+    const bytes = reader.read(info.file, info.offset + r0 * rowBytes, n * rowBytes);
+    if (f32) {
+      // Q8_0 blocks run along a row: dequantize this chunk of rows to f32; the engine rounds to its dtype.
+      const out = f32.subarray(0, n * cols);
+      dequantizeQ8_0(bytes, out);
+      native.modelSetTensor(handle, kind, layer, out, 0, n, cols, null, r0);
+    } else {
+      native.modelSetTensor(handle, kind, layer, bytes, FILE_DTYPE[info.dtype], n, cols, null, r0);
+    }
+  }
 }

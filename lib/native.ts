@@ -74,8 +74,9 @@ export interface NativeBinding {
   linearSparseAsync(dtype: Dtype, w: Weights, ld: number, nIn: number, out: number, x: Float32Array,
     indices: Int32Array, count: number, y: Float32Array): Promise<void>;
   modelCreate(config: NativeModelConfig): ModelHandle;
+  /** Rows [row0, row0 + rows) of a tensor; chunks arrive in order. */
   modelSetTensor(model: ModelHandle, kind: number, layer: number, data: ArrayBufferView, srcDtype: Dtype,
-    rows: number, cols: number, perm: Int32Array | null): void;
+    rows: number, cols: number, perm: Int32Array | null, row0?: number): void;
   modelFinalize(model: ModelHandle): void;
   modelInfo(model: ModelHandle): { weightBytes: number; finalized: boolean };
   modelColumnNorms(model: ModelHandle, layer: number, matrix: number): Float32Array;

@@ -428,7 +428,7 @@ Napi::Value ModelCreate(const Napi::CallbackInfo &info) {
   });
 }
 
-// modelSetTensor(model, kind, layer, data, srcDtype, rows, cols, perm | null)
+// modelSetTensor(model, kind, layer, data, srcDtype, rows, cols, perm | null, row0 = 0)
 Napi::Value ModelSetTensor(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   ModelHandle *h = model_of(info[0]);
@@ -446,8 +446,9 @@ Napi::Value ModelSetTensor(const Napi::CallbackInfo &info) {
     if ((int64_t)p.length != rows) throw_range(env, "perm: length must equal rows");
     perm = (const int32_t *)p.data;
   }
+  int64_t row0 = info[8].IsUndefined() ? 0 : int_of(info[8], "row0");
   std::string err;
-  if (!model_set_tensor(h->m, kind, layer, data.data, sdt, rows, cols, perm, &err))
+  if (!model_set_tensor(h->m, kind, layer, data.data, sdt, rows, cols, perm, row0, &err))
     throw Napi::Error::New(env, err);
   return env.Undefined();
 }

@@ -272,8 +272,31 @@ void model_free(Model *m) {
   delete m;
 }
 
+// Expected [rows, cols] of a tensor kind (PyTorch order; vectors are [n, 1]).
+static void tensor_shape(const ModelConfig &c, int kind, int64_t *er, int64_t *ec) {
+  int64_t qd = q_dim(c), kvd = kv_dim(c);
+  switch (kind) {
+    case T_EMBED: case T_LM_HEAD: *er = c.vocab; *ec = c.d; break;
+    case T_FINAL_NORM: case T_ATTN_NORM: case T_FFN_NORM: *er = c.d; *ec = 1; break;
+    case T_Q: *er = qd; *ec = c.d; break;
+    case T_K: case T_V: *er = kvd; *ec = c.d; break;
+    case T_O: *er = c.d; *ec = qd; break;
+    case T_GATE: case T_UP: *er = c.ffn; *ec = c.d; break;
+    case T_DOWN: *er = c.d; *ec = c.ffn; break;
+    case T_BQ: *er = qd; *ec = 1; break;
+    case T_BK: case T_BV: *er = kvd; *ec = 1; break;
+    default: *er = c.d; *ec = c.d; break;  // shortcuts
+  }
+}
+
+static int64_t tensor_rows(const ModelConfig &c, int kind) {
+  int64_t r, cc;
+  tensor_shape(c, kind, &r, &cc);
+  return r;
+}
+
 bool model_set_tensor(Model *m, int kind, int layer, const void *src, int sdt, int64_t rows,
-                      int64_t cols, const int32_t *perm, std::string *err) {
+                      int64_t cols, const int32_t *perm, int64_t row0, std::string *err) {
   const ModelConfig &c = m->c;
   if (kind < 0 || kind >= T_KIND_COUNT) {
     *err = "unknown tensor kind";
@@ -285,21 +308,21 @@ bool model_set_tensor(Model *m, int kind, int layer, const void *src, int sdt, i
   }
   int64_t qd = q_dim(c), kvd = kv_dim(c);
   int64_t er = 0, ec = 0;  // expected rows, cols
-  switch (kind) {
-    case T_EMBED: case T_LM_HEAD: er = c.vocab; ec = c.d; break;
-    case T_FINAL_NORM: case T_ATTN_NORM: case T_FFN_NORM: er = c.d; ec = 1; break;
-    case T_Q: er = qd; ec = c.d; break;
-    case T_K: case T_V: er = kvd; ec = c.d; break;
-    case T_O: er = c.d; ec = qd; break;
-    case T_GATE: case T_UP: er = c.ffn; ec = c.d; break;
-    case T_DOWN: er = c.d; ec = c.ffn; break;
-    case T_BQ: er = qd; ec = 1; break;
-    case T_BK: case T_BV: er = kvd; ec = 1; break;
-    case T_ATTN_SHORTCUT: case T_MLP_SHORTCUT: er = c.d; ec = c.d; break;
-  }
-  if (rows != er || cols != ec) {
+  tensor_shape(c, kind, &er, &ec);
+  if (row0 < 0 || rows < 0 || row0 + rows > er || cols != ec) {
     *err = std::string(kind_name(kind)) + ": expected shape [" + std::to_string(er) + ", " +
-           std::to_string(ec) + "], found [" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
+           std::to_string(ec) + "], found rows [" + std::to_string(row0) + ", " + std::to_string(row0 + rows) +
+           ") of [?, " + std::to_string(cols) + "]";
+    return false;
+  }
+  int64_t &done = m->loaded[loaded_slot(*m, kind, layer)];
+  if (row0 != done) {
+    *err = std::string(kind_name(kind)) + ": rows must arrive in order and once (expected row " +
+           std::to_string(done) + ", got " + std::to_string(row0) + ")";
+    return false;
+  }
+  if (perm && (row0 != 0 || rows != er)) {
+    *err = std::string(kind_name(kind)) + ": a row permutation needs the whole tensor at once";
     return false;
   }
   if ((kind == T_BQ || kind == T_BK || kind == T_BV) && !c.bias) {
@@ -322,13 +345,16 @@ bool model_set_tensor(Model *m, int kind, int layer, const void *src, int sdt, i
       }
   }
   Layer *L = is_global(kind) ? nullptr : &m->layers[layer];
-  auto vec = [&](float *dst) { copy_rows(src, sdt, rows, dst, WINA_F32); };
+  // Rows [row0, row0 + rows): of a vector, its elements; of a linear weight W[out][in], output
+  // columns of the input-major storage; of the embedding / lm_head, rows of [vocab][d].
+  auto vec = [&](float *dst) { copy_rows(src, sdt, rows, dst + row0, WINA_F32); };
   auto mat = [&](const Matrix &dst, int64_t col0) {
-    repack_transpose(src, sdt, rows, cols, perm, (void *)dst.data, dst.dtype, dst.ld, col0);
+    repack_transpose(src, sdt, rows, cols, perm, (void *)dst.data, dst.dtype, dst.ld, col0 + row0);
   };
+  const size_t es = dtype_size(c.dtype);
   switch (kind) {
-    case T_EMBED: copy_rows(src, sdt, rows * cols, m->embed, c.dtype); break;
-    case T_LM_HEAD: copy_rows(src, sdt, rows * cols, m->lm_head, c.dtype); break;
+    case T_EMBED: copy_rows(src, sdt, rows * cols, (char *)m->embed + (size_t)row0 * cols * es, c.dtype); break;
+    case T_LM_HEAD: copy_rows(src, sdt, rows * cols, (char *)m->lm_head + (size_t)row0 * cols * es, c.dtype); break;
     case T_FINAL_NORM: vec(m->final_norm); break;
     case T_ATTN_NORM: vec(L->attn_norm); break;
     case T_FFN_NORM: vec(L->ffn_norm); break;
@@ -345,16 +371,18 @@ bool model_set_tensor(Model *m, int kind, int layer, const void *src, int sdt, i
     case T_ATTN_SHORTCUT: mat(L->attn_shortcut, 0); break;
     case T_MLP_SHORTCUT: mat(L->mlp_shortcut, 0); break;
   }
-  m->loaded[loaded_slot(*m, kind, layer)] = 1;
+  done += rows;
   return true;
 }
 
 bool model_finalize(Model *m, std::string *err) {
   const ModelConfig &c = m->c;
   auto need = [&](int kind, int layer) -> bool {
-    if (m->loaded[loaded_slot(*m, kind, layer)]) return true;
-    *err = std::string("missing tensor ") + kind_name(kind) +
-           (is_global(kind) ? std::string() : " of layer " + std::to_string(layer));
+    int64_t got = m->loaded[loaded_slot(*m, kind, layer)], want = tensor_rows(c, kind);
+    if (got == want) return true;
+    *err = std::string(got ? "incomplete tensor " : "missing tensor ") + kind_name(kind) +
+           (is_global(kind) ? std::string() : " of layer " + std::to_string(layer)) +
+           (got ? " (" + std::to_string(got) + " of " + std::to_string(want) + " rows)" : std::string());
     return false;
   };
   if (!need(T_EMBED, 0) || !need(T_FINAL_NORM, 0) || (!c.tied && !need(T_LM_HEAD, 0))) return false;

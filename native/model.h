@@ -48,7 +48,7 @@ struct Model {
   float *final_norm = nullptr;
   std::vector<void *> owned;
   size_t weight_bytes = 0;
-  std::vector<uint8_t> loaded;  // which tensors arrived, see loaded_slot() in model.cc
+  std::vector<int64_t> loaded;  // rows of each tensor that arrived, see loaded_slot() in model.cc
   bool finalized = false;
   std::mutex run_mu;  // one forward at a time: the thread pool is shared and not reentrant
   void *work = nullptr;  // decode work buffers (model.cc), guarded by run_mu
@@ -66,10 +66,11 @@ enum TensorKind {
 
 Model *model_create(const ModelConfig &c, std::string *err);
 void model_free(Model *m);
-// src: rows x cols elements of src_dtype, row-major (PyTorch order: [out][in] for linears).
-// perm (optional, length rows): destination row r comes from source row perm[r].
+// src: rows [row0, row0 + rows) of a tensor, cols elements each, src_dtype, row-major (PyTorch order:
+// [out][in] for linears). A tensor may arrive in chunks of rows, in order (bounded loader memory).
+// perm (optional, whole tensor only): destination row r comes from source row perm[r].
 bool model_set_tensor(Model *m, int kind, int layer, const void *src, int src_dtype, int64_t rows,
-                      int64_t cols, const int32_t *perm, std::string *err);
+                      int64_t cols, const int32_t *perm, int64_t row0, std::string *err);
 // Checks every tensor arrived and computes the column norms. Returns false with err naming the first
 // missing tensor.
 bool model_finalize(Model *m, std::string *err);

@@ -101,6 +101,17 @@ describe('tiny-en-llama BF16 (the embedded default model) against PyTorch golden
     expect(maxAbsDiff(batched, last)).toBeLessThan(1e-3 * range(batched));
   });
 
+  it('loading in small chunks of rows gives the same model (bounded loader memory)', async () => {
+    const chunked = await loadModel(DEFAULT_MODEL_PATH, { progress: false, chunkBytes: 3000 });
+    try {
+      const r = reference.references[3];
+      expect(Array.from(await lastLogits(chunked, r.prompt_ids))).toEqual(Array.from(await lastLogits(model, r.prompt_ids)));
+    } finally {
+      chunked.dispose();
+    }
+    await expect(loadModel(DEFAULT_MODEL_PATH, { progress: false, chunkBytes: 0 })).rejects.toThrow(/chunkBytes/);
+  });
+
   it('logits(ids) returns every position, matching the last-position logits', async () => {
     const r = reference.references[0];
     const all = await model.logits(r.prompt_ids);
@@ -136,7 +147,8 @@ describe.skipIf(!hasShared)('tiny-en-llama F32 and GGUF copies (needs ../shared)
 
   it.each(['f32', 'bf16', 'q8_0'])('GGUF %s gives the same logits as safetensors', async (kind) => {
     const st = await loadModel(kind === 'f32' ? path.join(tinyShared, 'f32') : tinyShared, { progress: false, dtype: kind === 'f32' ? 'f32' : 'bf16' });
-    const gg = await loadModel(path.join(tinyShared, 'gguf', `tiny-en-llama-${kind}.gguf`), { progress: false, dtype: kind === 'f32' ? 'f32' : 'bf16' });
+    // Small chunks: Q8_0 and F32 rows are dequantized / copied in many pieces.
+    const gg = await loadModel(path.join(tinyShared, 'gguf', `tiny-en-llama-${kind}.gguf`), { progress: false, dtype: kind === 'f32' ? 'f32' : 'bf16', chunkBytes: 5000 });
     try {
       expect(gg.format).toBe('gguf');
       expect(gg.tokenizer!.encode('Call me Ishmael.')).toEqual(st.tokenizer!.encode('Call me Ishmael.'));
