@@ -155,9 +155,37 @@ describe('logLikelihood', () => {
   it('keeps BOS and drops the oldest context tokens when the pair is longer than the model', () => {
     const tok = model.tokenizer!;
     const p = encodePair(tok, TEXT.repeat(8), ' and the end', 256);
-    expect(p.input.length).toBeLessThanOrEqual(256);
-    expect(p.input[0]).toBe(bos);
-    expect(p.rows[p.rows.length - 1]).toBe(p.input.length - 1);
+    expect(p.windows).toHaveLength(1);
+    const w = p.windows[0];
+    expect(w.input.length).toBe(256);
+    expect(w.input[0]).toBe(bos);
+    expect(w.rows[w.rows.length - 1]).toBe(w.input.length - 1);
+    // The input ends with the text just before the last continuation token.
+    const whole = tok.encode(TEXT.repeat(8) + ' and the end');
+    expect(w.input.slice(1)).toEqual(whole.slice(whole.length - 256, -1));
+  });
+
+  it('scores a continuation longer than the model over several windows, each token once', async () => {
+    const tok = model.tokenizer!;
+    const long = ' ' + TEXT.repeat(6);
+    const p = encodePair(tok, 'Question: what next?\nAnswer:', long, 64);
+    expect(p.windows.length).toBeGreaterThan(1);
+    expect(p.windows.flatMap((w) => w.targets)).toEqual(p.continuation);
+    const whole = tok.encode('Question: what next?\nAnswer:' + long);
+    let t = whole.length - p.continuation.length; // absolute position of the next target
+    for (const w of p.windows) {
+      expect(w.input.length).toBeLessThanOrEqual(64);
+      expect(w.input[0]).toBe(bos);
+      // After BOS the input is the text right before the window's last target...
+      const last = t + w.targets.length - 1;
+      expect(w.input.slice(1)).toEqual(whole.slice(last - (w.input.length - 1), last));
+      // ...and the row of each target is the position of the token before it.
+      w.rows.forEach((r, i) => expect(r).toBe(w.input.length - 1 - (last - (t + i))));
+      t += w.targets.length;
+    }
+    const ll = await logLikelihood(model, 'Question: what next?\nAnswer:', long);
+    expect(ll.tokens).toBe(p.continuation.length);
+    expect(Number.isFinite(ll.logProb)).toBe(true);
   });
 });
 

@@ -241,21 +241,23 @@ function requireTokenizer(model: Model): WinaTokenizer {
   return model.tokenizer;
 }
 
-/** A tokenised (context, continuation) pair: the model input and the rows that score the continuation. */
+/** A tokenised (context, continuation) pair and the model inputs that score its continuation. */
 export interface EncodedPair {
-  /** Model input: context ids then continuation ids but its last token (left-truncated to fit). */
-  input: number[];
-  /** Continuation ids (the targets). */
+  /** Continuation ids (the targets, in order across the windows). */
   continuation: number[];
-  /** Row of `input`'s logits that predicts continuation[i] is rows[i]. */
-  rows: number[];
+  /**
+   * One input when context + continuation fit the model (the usual case); a continuation longer than the
+   * model's context is scored over several, each token once with as much left context as fits.
+   */
+  windows: RollingWindow[];
 }
 
 /**
  * lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation, the whole string is
  * encoded once (with BOS, as this model's tokenizer adds it) and split at the context's token count, so
- * the continuation ids are the ones running text would produce. Inputs longer than maxLength drop context
- * tokens from the left, keeping BOS.
+ * the continuation ids are the ones running text would produce. Inputs longer than maxLength drop the
+ * oldest tokens after BOS. (lm-eval also truncates from the left, but cannot score a continuation longer
+ * than the model; a few PIQA solutions are, for a 256-token model.)
  */
 export function encodePair(tokenizer: WinaTokenizer, context: string, continuation: string, maxLength: number): EncodedPair {
   const spaces = context.length - context.trimEnd().length;
@@ -264,29 +266,42 @@ export function encodePair(tokenizer: WinaTokenizer, context: string, continuati
     context = context.slice(0, context.length - spaces);
   }
   const whole = tokenizer.encode(context + continuation);
-  const ctx = tokenizer.encode(context);
-  const cont = whole.slice(ctx.length);
+  const H = tokenizer.encode(context).length;
+  const cont = whole.slice(H);
   if (cont.length === 0) throw new RangeError(`the continuation ${JSON.stringify(continuation)} adds no tokens to its context`);
-  if (cont.length > maxLength) throw new RangeError(`the continuation has ${cont.length} tokens, more than the model's context (${maxLength})`);
-  let head = whole.slice(0, ctx.length);
-  if (head.length === 0) throw new RangeError('the context must not be empty when the tokenizer adds no BOS');
-  const over = head.length + cont.length - 1 - maxLength;
-  if (over > 0) {
-    const keep = tokenizer.bosId !== null && head[0] === tokenizer.bosId ? 1 : 0;
-    head = head.slice(0, keep).concat(head.slice(keep + over));
+  if (H === 0) throw new RangeError('the context must not be empty when the tokenizer adds no BOS');
+  // BOS stays in front of every input; the window slides over the text after it.
+  const keep = tokenizer.bosId !== null && whole[0] === tokenizer.bosId ? 1 : 0;
+  const room = maxLength - keep;
+  if (room < 1) throw new RangeError(`maxLength must leave room for text after BOS, got ${maxLength}`);
+  const windows: RollingWindow[] = [];
+  for (let scored = 0; scored < cont.length;) {
+    // Targets whole[H + scored .. H + end); the input is whole[start .. H + end - 1) after BOS, and must
+    // reach back to the token before the first target. Each window scores as many tokens as fit, as
+    // lm-eval's rolling windows do, so the first window of an over-long continuation keeps only the
+    // context's last token.
+    const end = Math.min(cont.length, scored + room);
+    const start = Math.max(keep, H + end - 1 - room);
+    const input = whole.slice(0, keep).concat(whole.slice(start, H + end - 1));
+    const rows: number[] = [];
+    const targets: number[] = [];
+    for (let t = H + scored; t < H + end; t++) {
+      rows.push(keep + (t - 1 - start));
+      targets.push(whole[t]);
+    }
+    windows.push({ input, rows, targets });
+    scored = end;
   }
-  const input = head.concat(cont.slice(0, -1));
-  const rows = cont.map((_, i) => head.length - 1 + i);
-  return { input, continuation: cont, rows };
+  return { continuation: cont, windows };
 }
 
-/** Sum of log p(continuation | context) over a pair's rows, and whether every token was the argmax. */
-export function continuationScore(logits: ArrayLike<number>, vocab: number, pair: EncodedPair): { logProb: number; greedy: boolean } {
+/** Sum of log p(target) over a window's rows, and whether every target was the argmax. */
+export function windowScore(logits: ArrayLike<number>, vocab: number, w: RollingWindow): { logProb: number; greedy: boolean } {
   let sum = 0;
   let greedy = true;
-  for (let i = 0; i < pair.rows.length; i++) {
-    const row = pair.rows[i];
-    const target = pair.continuation[i];
+  for (let i = 0; i < w.rows.length; i++) {
+    const row = w.rows[i];
+    const target = w.targets[i];
     sum += logProb(logits, vocab, row, target);
     const base = row * vocab;
     for (let j = 0; j < vocab && greedy; j++) if (logits[base + j] > logits[base + target]) greedy = false;
@@ -306,6 +321,12 @@ export interface LogLikelihood {
 /** log p(continuation | context) under the model with the given sparsity (null = dense). */
 export async function logLikelihood(model: Model, context: string, continuation: string, sparsity: SparsityOptions | null = null): Promise<LogLikelihood> {
   const pair = encodePair(requireTokenizer(model), context, continuation, model.config.maxPositions);
-  const logits = await model.logits(pair.input, { sparsity });
-  return { ...continuationScore(logits, model.config.vocabSize, pair), tokens: pair.continuation.length };
+  let sum = 0;
+  let greedy = true;
+  for (const w of pair.windows) {
+    const s = windowScore(await model.logits(w.input, { sparsity }), model.config.vocabSize, w);
+    sum += s.logProb;
+    greedy &&= s.greedy;
+  }
+  return { logProb: sum, greedy, tokens: pair.continuation.length };
 }

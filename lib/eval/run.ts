@@ -7,7 +7,7 @@
 // 256-token window of a 4096-token vocabulary).
 import type { Model } from '../model.js';
 import type { Method, Selection, SparsityOptions } from '../sparsity/plan.js';
-import { KlReference, continuationScore, encodePair, windowNll, windowsFor, type EncodedPair } from './metrics.js';
+import { KlReference, encodePair, windowNll, windowScore, windowsFor, type EncodedPair } from './metrics.js';
 import { scoreMultipleChoice, type MultipleChoiceRequest } from './requests.js';
 
 export const TASKS = ['ppl', 'piqa', 'arc-easy', 'arc-challenge', 'hellaswag', 'boolq'] as const;
@@ -167,27 +167,28 @@ async function sweepMultipleChoice(opts: SweepOptions): Promise<SweepResult> {
   const vocab = model.config.vocabSize;
   const configs = sparseConfigs(opts);
   const pairs: EncodedPair[][] = requests.map((r) => r.choices.map((choice) => encodePair(tokenizer, r.context, choice, model.config.maxPositions)));
-  const perChoice = pairs.reduce((n, p) => n + p.length, 0);
-  const total = perChoice * (1 + configs.length);
+  const passes = pairs.flat().reduce((n, p) => n + p.windows.length, 0);
+  const total = passes * (1 + configs.length);
   let done = 0;
 
   // logProbs[config + 1][item][choice]; slot 0 is dense.
-  const logProbs = [null, ...configs].map(() => requests.map((r) => new Array<number>(r.choices.length)));
+  const logProbs = [null, ...configs].map(() => requests.map((r) => new Array<number>(r.choices.length).fill(0)));
   const kl = configs.map(() => 0);
   let tokens = 0;
   for (let i = 0; i < requests.length; i++) {
     for (let j = 0; j < pairs[i].length; j++) {
-      const pair = pairs[i][j];
-      const dense = await model.logits(pair.input, { sparsity: null });
-      opts.onProgress?.(++done, total);
-      logProbs[0][i][j] = continuationScore(dense, vocab, pair).logProb;
-      tokens += pair.rows.length;
-      const ref = new KlReference(dense, vocab, pair.rows);
-      for (let c = 0; c < configs.length; c++) {
-        const logits = await model.logits(pair.input, { sparsity: configs[c].options });
+      for (const w of pairs[i][j].windows) {
+        const dense = await model.logits(w.input, { sparsity: null });
         opts.onProgress?.(++done, total);
-        logProbs[c + 1][i][j] = continuationScore(logits, vocab, pair).logProb;
-        kl[c] += ref.klSum(logits);
+        logProbs[0][i][j] += windowScore(dense, vocab, w).logProb;
+        tokens += w.rows.length;
+        const ref = new KlReference(dense, vocab, w.rows);
+        for (let c = 0; c < configs.length; c++) {
+          const logits = await model.logits(w.input, { sparsity: configs[c].options });
+          opts.onProgress?.(++done, total);
+          logProbs[c + 1][i][j] += windowScore(logits, vocab, w).logProb;
+          kl[c] += ref.klSum(logits);
+        }
       }
     }
   }
