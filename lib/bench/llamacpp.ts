@@ -6,15 +6,7 @@ import path from 'node:path';
 
 import { openCheckpoint, readTensorBytes } from '../loaders/index.js';
 import { syntheticGgufVocab, ggufVocabFromTokenizerJson, writeGguf, type TensorSource } from '../loaders/writers.js';
-import type { Model } from '../model.js';
 import type { DtypeName } from '../tensor.js';
-import { median } from './stats.js';
-
-export interface LlamaCppResult {
-  version: string;
-  prefillTokS: number;
-  decodeTokS: number;
-}
 
 
 async function ensureGguf(modelPath: string, dtype: DtypeName, log: (s: string) => void): Promise<string> {
@@ -35,53 +27,62 @@ async function ensureGguf(modelPath: string, dtype: DtypeName, log: (s: string) 
   return out;
 }
 
-export async function runLlamaCpp(model: Model, modelPath: string, o: {
-  prompt: number[]; tokens: number; repeats: number; threads: number; dtype: DtypeName; log: (s: string) => void;
-}): Promise<LlamaCppResult> {
-  let lib: typeof import('node-llama-cpp');
-  try {
-    lib = await import('node-llama-cpp');
-  } catch {
-    throw new Error('--compare llama.cpp needs node-llama-cpp (a devDependency): run `npm install` in the wina repository');
+/** llama.cpp with the model loaded once, so that its runs can alternate with ours in one process. */
+export class LlamaCppRunner {
+  readonly version: string;
+  #lm: import('node-llama-cpp').LlamaModel;
+  #threads: number;
+
+  private constructor(lm: import('node-llama-cpp').LlamaModel, threads: number, version: string) {
+    this.#lm = lm;
+    this.#threads = threads;
+    this.version = version;
   }
-  const file = await ensureGguf(modelPath, o.dtype, o.log);
-  const llama = await lib.getLlama({ gpu: false, build: 'never', logLevel: lib.LlamaLogLevel.error });
-  const lm = await llama.loadModel({ modelPath: file, gpuLayers: 0 });
-  const prefill: number[] = [];
-  const decode: number[] = [];
-  try {
-    for (let r = 0; r < o.repeats; r++) {
-      const ctx = await lm.createContext({ contextSize: o.prompt.length + o.tokens + 8, threads: o.threads, batchSize: o.prompt.length });
-      try {
-        const seq = ctx.getSequence();
-        const t0 = performance.now();
-        await seq.evaluateWithoutGeneratingNewTokens(o.prompt as never);
-        const t1 = performance.now();
-        let n = 0;
-        // Greedy decode of `tokens` new tokens (the first comes from the prompt's logits).
-        const gen = seq.evaluate([o.prompt[o.prompt.length - 1]] as never, { temperature: 0 });
-        const t2 = performance.now();
-        for await (const _ of gen) {
-          if (++n >= o.tokens) break;
-        }
-        const t3 = performance.now();
-        prefill.push(o.prompt.length / ((t1 - t0) / 1000));
-        decode.push(n / ((t3 - t2) / 1000));
-      } finally {
-        await ctx.dispose();
-      }
+
+  static async open(modelPath: string, o: { threads: number; dtype: DtypeName; log: (s: string) => void }): Promise<LlamaCppRunner> {
+    let lib: typeof import('node-llama-cpp');
+    try {
+      lib = await import('node-llama-cpp');
+    } catch {
+      throw new Error('--compare llama.cpp needs node-llama-cpp (a devDependency): run `npm install` in the wina repository');
     }
-  } finally {
-    await lm.dispose();
+    const file = await ensureGguf(modelPath, o.dtype, o.log);
+    const llama = await lib.getLlama({ gpu: false, build: 'never', logLevel: lib.LlamaLogLevel.error });
+    const lm = await llama.loadModel({ modelPath: file, gpuLayers: 0 });
+    let version = 'unknown';
+    try {
+      const require = createRequire(import.meta.url);
+      let dir = path.dirname(require.resolve('node-llama-cpp'));
+      while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
+      version = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')).version;
+    } catch {
+      // informative only
+    }
+    return new LlamaCppRunner(lm, o.threads, version);
   }
-  void model;
-  let version = 'unknown';
-  try {
-    const require = createRequire(import.meta.url);
-    const pkg = JSON.parse(fs.readFileSync(require.resolve('node-llama-cpp/package.json'), 'utf8'));
-    version = pkg.version;
-  } catch {
-    // version is informative only
+
+  /** One prefill of `prompt` and a greedy decode of `tokens` tokens: tokens/s of each. */
+  async run(prompt: number[], tokens: number): Promise<{ prefill: number; decode: number }> {
+    const ctx = await this.#lm.createContext({ contextSize: prompt.length + tokens + 8, threads: this.#threads, batchSize: prompt.length });
+    try {
+      const seq = ctx.getSequence();
+      const t0 = performance.now();
+      await seq.evaluateWithoutGeneratingNewTokens(prompt as never);
+      const t1 = performance.now();
+      let n = 0;
+      // The generator re-evaluates the last prompt token, then yields one new token per step.
+      const t2 = performance.now();
+      for await (const _ of seq.evaluate([prompt[prompt.length - 1]] as never, { temperature: 0 })) {
+        if (++n >= tokens) break;
+      }
+      const t3 = performance.now();
+      return { prefill: prompt.length / ((t1 - t0) / 1000), decode: n / ((t3 - t2) / 1000) };
+    } finally {
+      await ctx.dispose();
+    }
   }
-  return { version, prefillTokS: median(prefill), decodeTokS: median(decode) };
+
+  async close(): Promise<void> {
+    await this.#lm.dispose();
+  }
 }
