@@ -101,6 +101,22 @@ describe('perplexity', () => {
   });
 });
 
+// The tiny-en-llama training run reports its validation loss over the whole held-out file, as a stream of
+// `<s> paragraph </s>` lines cut into 442 non-overlapping 257-token windows: 4.2866 nats (perplexity 72.72,
+// ../shared/models/tiny-en-llama/SOURCE.md), measured with PyTorch on the same BF16 weights. The whole file
+// takes about 30 s on two cores, so it only runs when WINA_EVAL_FULL is set.
+describe.skipIf(!hasShared || !process.env.WINA_EVAL_FULL)('known answer: training-format validation loss (needs ../shared and WINA_EVAL_FULL=1)', () => {
+  it('reproduces 4.2866 nats over 113,152 tokens', async () => {
+    const tok = model.tokenizer!;
+    const lines = fs.readFileSync(path.join(shared, 'data/tiny-en-valid/valid.txt'), 'utf8').split('\n').filter((l) => l !== '');
+    const stream = lines.flatMap((l) => [...tok.encode(l), tok.eosIds[0]]);
+    expect(stream).toHaveLength(113_250);
+    const r = await perplexity(model, stream, { seqLen: 256, bos: null, limit: 442 });
+    expect(r.tokens).toBe(113_152);
+    expect(r.nll).toBeCloseTo(4.2866, 3);
+  });
+});
+
 describe('KL from dense', () => {
   it('is 0 for dense and positive and growing with sparsity', async () => {
     const input = [bos, ...ids];
