@@ -109,9 +109,11 @@ function assemble(opts: SweepOptions, dense: Omit<SweepCell, 'method' | 'sparsit
 }
 
 function baseResult(opts: SweepOptions): Omit<SweepResult, 'items' | 'tokens' | 'cells'> {
+  const seqLen = opts.seqLen ?? opts.model.config.maxPositions;
   return {
-    task: opts.task, select: opts.select ?? 'topk', greedy: opts.greedy ?? false, limit: opts.limit ?? null,
-    seqLen: opts.seqLen ?? opts.model.config.maxPositions, stride: opts.task === 'ppl' ? opts.stride ?? opts.seqLen ?? opts.model.config.maxPositions : null,
+    task: opts.task, select: opts.select ?? 'topk', greedy: opts.greedy ?? false, limit: opts.limit ?? null, seqLen,
+    // As rollingWindows applies it: a stride past the window is capped at the window.
+    stride: opts.task === 'ppl' ? Math.min(opts.stride ?? seqLen, seqLen) : null,
   };
 }
 
