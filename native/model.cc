@@ -68,8 +68,10 @@ static void mat_cols(const ModelConfig &c, int id, int64_t *col0, int64_t *width
   int64_t qd = q_dim(c), kvd = kv_dim(c);
   switch (id) {
     case M_Q: *col0 = 0; *width = qd; break;
-    case M_K: *col0 = qd; *width = kvd; break;
-    case M_V: *col0 = qd + kvd; *width = kvd; break;
+    // q | v | k: q and v share the |x| score in the published WINA, so they are neighbours and one
+    // selection streams their joined rows (see project()).
+    case M_V: *col0 = qd; *width = kvd; break;
+    case M_K: *col0 = qd + kvd; *width = kvd; break;
     case M_GATE: *col0 = 0; *width = c.ffn; break;
     case M_UP: *col0 = c.ffn; *width = c.ffn; break;
     default: *col0 = 0; *width = c.d; break;  // o, down
@@ -359,8 +361,8 @@ bool model_set_tensor(Model *m, int kind, int layer, const void *src, int sdt, i
     case T_ATTN_NORM: vec(L->attn_norm); break;
     case T_FFN_NORM: vec(L->ffn_norm); break;
     case T_Q: mat(L->qkv, 0); break;
-    case T_K: mat(L->qkv, qd); break;
-    case T_V: mat(L->qkv, qd + kvd); break;
+    case T_K: mat(L->qkv, qd + kvd); break;
+    case T_V: mat(L->qkv, qd); break;
     case T_O: mat(L->o, 0); break;
     case T_GATE: mat(L->gu, 0); break;
     case T_UP: mat(L->gu, c.ffn); break;
@@ -449,15 +451,12 @@ static int64_t select_inputs(const MatPlan &mp, const float *x, int64_t n, const
   return K()->select_threshold(w.scores.data(), n, mp.threshold, idx);
 }
 
-// True when all n matrices of a group select identically: same mode and level, and a score that does
-// not depend on the matrix (|x|; the WINA score uses each matrix's own column norms).
-static bool same_selection(const MatPlan *const *mp, int n) {
-  if (n < 2) return false;
-  for (int j = 0; j < n; j++)
-    if (!mp[j] || mp[j]->score != SCORE_ABS || mp[j]->mode != mp[0]->mode || mp[j]->k != mp[0]->k ||
-        mp[j]->threshold != mp[0]->threshold)
-      return false;
-  return true;
+// True when two matrices sharing one input select identically: both dense, or the same mode and level
+// with a score that does not depend on the matrix (|x|; the WINA score uses each matrix's own norms).
+static bool same_selection(const MatPlan *a, const MatPlan *b) {
+  if (!a || !b) return !a && !b;
+  return a->score == SCORE_ABS && b->score == SCORE_ABS && a->mode == b->mode && a->k == b->k &&
+         a->threshold == b->threshold;
 }
 
 // Y[T][ldy] (columns of each matrix at its offset in the fused storage) = W X for the matrices
@@ -487,39 +486,39 @@ static void project(Model *m, int l, const int *ids, int n, const float *X, int 
       linear_dense(fused, X, Y);
       return;
     }
-    if (same_selection(mp, n)) {
-      // Every matrix of the group would select the same inputs (e.g. TEAL's |x| on q, k and v at one
-      // level): select once and stream the fused rows, which are n times longer runs.
-      if (w.idx[0].size() < (size_t)n_in) w.idx[0].resize(n_in);
-      int64_t cnt = select_inputs(*mp[0], X, n_in, L.norms[ids[0]], w, w.idx[0].data());
-      w.kept += (double)cnt * n;
-      w.total += (double)n_in * n;
-      w.bytes += (double)cnt * fused.out * es;
-      linear_sparse(fused, X, w.idx[0].data(), cnt, Y);
-      return;
-    }
+    // Neighbouring matrices (ids are in storage order) that select identically are joined: one
+    // selection, and each selected input streams their joined columns as one longer run (TEAL's q|v|k,
+    // WINA's q|v, gate|up at one level). Dense neighbours join too.
     Matrix subs[3];
     const int32_t *idx[3];
     int64_t nidx[3];
     float *ys[3];
-    for (int j = 0; j < n; j++) {
-      int64_t col0, width;
+    int g = 0;
+    for (int j = 0; j < n; g++) {
+      int e = j + 1;
+      while (e < n && same_selection(mp[j], mp[e])) e++;
+      int64_t col0, width, c0, wj;
       mat_cols(c, ids[j], &col0, &width);
-      subs[j] = matrix_cols(fused, col0, width);
-      ys[j] = Y + col0;
+      for (int q = j + 1; q < e; q++) width += (mat_cols(c, ids[q], &c0, &wj), wj);
+      subs[g] = matrix_cols(fused, col0, width);
+      ys[g] = Y + col0;
       if (mp[j]) {
-        if (w.idx[j].size() < (size_t)n_in) w.idx[j].resize(n_in);
-        nidx[j] = select_inputs(*mp[j], X, n_in, L.norms[ids[j]], w, w.idx[j].data());
-        idx[j] = w.idx[j].data();
-        w.kept += (double)nidx[j];
-        w.total += (double)n_in;
+        if (w.idx[g].size() < (size_t)n_in) w.idx[g].resize(n_in);
+        nidx[g] = select_inputs(*mp[j], X, n_in, L.norms[ids[j]], w, w.idx[g].data());
+        idx[g] = w.idx[g].data();
+        w.kept += (double)nidx[g] * (e - j);
+        w.total += (double)n_in * (e - j);
       } else {
-        idx[j] = nullptr;
-        nidx[j] = n_in;
+        idx[g] = nullptr;
+        nidx[g] = n_in;
       }
+      w.bytes += (double)nidx[g] * width * es;
+      j = e;
     }
-    for (int j = 0; j < n; j++) w.bytes += (double)nidx[j] * subs[j].out * es;
-    linear_sparse_group(n, subs, X, idx, nidx, ys);
+    if (g == 1 && idx[0])
+      linear_sparse(subs[0], X, idx[0], nidx[0], ys[0]);
+    else
+      linear_sparse_group(g, subs, X, idx, nidx, ys);
     return;
   }
 
@@ -591,14 +590,14 @@ static void run_layer(Model *m, int l, float *x, int T, int pos0, float *kc, flo
     Timer timer(ST_NORM);
     for (int t = 0; t < T; t++) rmsnorm(x + t * d, L.attn_norm, d, c.eps, w.xn.data() + t * d);
   }
-  static const int qkv_ids[3] = {M_Q, M_K, M_V};
+  static const int qkv_ids[3] = {M_Q, M_V, M_K};  // storage order
   {
     Timer timer(ST_QKV);
     project(m, l, qkv_ids, 3, w.xn.data(), T, w.qkv.data(), wqkv, plan, n_dense, w,
           capture ? capture[0] : nullptr);
   }
   for (int t = 0; t < T; t++) {
-    float *q = w.qkv.data() + t * wqkv, *k = q + qd, *v = k + kvd;
+    float *q = w.qkv.data() + t * wqkv, *v = q + qd, *k = v + kvd;  // q | v | k
     if (L.bq) {
       for (int64_t i = 0; i < qd; i++) q[i] += L.bq[i];
       for (int64_t i = 0; i < kvd; i++) k[i] += L.bk[i], v[i] += L.bv[i];
