@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 
 import { loadModel } from '../lib/model.js';
 import { supportedIsas } from '../lib/kernels.js';
+import { native } from '../lib/native.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const prebuildDir = path.join(repoRoot, 'prebuilds', `${process.platform}-${process.arch}`);
@@ -101,10 +102,12 @@ describe('prebuild and ISA selection', () => {
       expect(fs.existsSync(path.join(tmp, 'build'))).toBe(false);
       const out = runNode(`${LOAD(tmp)}
         const s = new Float32Array([3, 1, 2, 5]), idx = new Int32Array(2);
-        console.log(JSON.stringify({ isa: native.isa(), n: native.selectTopk(null, s, 2, idx), idx: Array.from(idx) }));
+        console.log(JSON.stringify({ isa: native.isa(), n: native.selectTopk(null, s, 2, idx), idx: Array.from(idx), api: Object.keys(native).sort() }));
       `);
       const r = JSON.parse(out.trim().split('\n').pop()!);
-      expect(r).toEqual({ isa: supportedIsas().at(-1), n: 2, idx: [0, 3] });
+      expect({ ...r, api: undefined }).toEqual({ isa: supportedIsas().at(-1), n: 2, idx: [0, 3], api: undefined });
+      // A stale prebuild (older than the sources) would miss functions: rebuild with `npm run build:prebuilds`.
+      expect(r.api).toEqual(Object.keys(native).sort());
     } finally {
       fs.rmSync(tmp, { recursive: true, force: true });
     }
