@@ -15,23 +15,13 @@ import { parseSafetensors } from '../lib/loaders/safetensors.js';
 import { bufferSource, type ByteSource } from '../lib/loaders/source.js';
 import type { ModelConfig, TensorInfo } from '../lib/loaders/types.js';
 import { syntheticGgufVocab, writeGguf, writeSafetensors } from '../lib/loaders/writers.js';
+import { mulberry32 } from './helpers/rng.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const tiny = path.resolve(repoRoot, '../shared/models/tiny-en-llama');
 const noShared = !fs.existsSync(tiny);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wina-fuzz-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A file under test: its first `prefix` bytes are real, the rest of `size` reads as zeros. */
 interface Seed { name: string; bytes: Uint8Array; size: number }

@@ -20,22 +20,12 @@ import {
   writeSafetensors,
   type TensorSource,
 } from '../lib/loaders/writers.js';
+import { mulberry32 } from './helpers/rng.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const tiny = path.resolve(repoRoot, '../shared/models/tiny-en-llama');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wina-writers-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Random values exactly representable in `dtype`, as stored bytes plus their f32 values. */
 function randomTensor(name: string, dtype: 'F32' | 'F16' | 'BF16', shape: number[], rand: () => number): { tensor: TensorToWrite; values: Float32Array } {
