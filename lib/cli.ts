@@ -63,6 +63,12 @@ export function loadOptionsFrom(o: Record<string, unknown>): LoadOptions {
 async function runGenerate(promptArg: string | undefined, o: Record<string, unknown>): Promise<void> {
   const prompt = promptArg ?? 'The President said';
   const model = await loadModel((o.model as string | undefined) ?? DEFAULT_MODEL_PATH, { ...loadOptionsFrom(o), sparsity: sparsityFrom(o) ?? undefined });
+  try {
+    model.plan(model.defaultSparsity); // validates the sparsity options before any output
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
   const controller = new AbortController();
   const onSigint = () => controller.abort();
   process.once('SIGINT', onSigint);
