@@ -93,8 +93,8 @@ export async function runBenchDecode(o: Record<string, unknown>): Promise<void> 
   const log = (s: string) => process.stderr.write(s + '\n');
   const dtype = (o.dtype as DtypeName | undefined) ?? 'bf16';
   let modelPath = (o.model as string | undefined) ?? DEFAULT_MODEL_PATH;
+  const cacheDir = (o.cacheDir as string | undefined) ?? path.join(os.tmpdir(), 'wina-bench-models');
   if (o.shape) {
-    const cacheDir = (o.cacheDir as string | undefined) ?? path.join(os.tmpdir(), 'wina-bench-models');
     modelPath = await ensureShapeModel(o.shape as ShapeName, dtype, cacheDir, Boolean(o.transformed), log);
   }
   const rssBefore = process.memoryUsage().rss;
@@ -128,7 +128,7 @@ export async function runBenchDecode(o: Record<string, unknown>): Promise<void> 
     for (const v of variants) results.set(v.name, { prefill: [], decode: [], bytes: 0, kept: 0 });
     // llama.cpp stays loaded and runs once per repeat right after ours: the host's bandwidth drifts
     // within minutes, so only alternating runs compare.
-    const lc = o.compare ? await (await import('./llamacpp.js')).LlamaCppRunner.open(modelPath, { threads, log, dtype: model.dtype }) : null;
+    const lc = o.compare ? await (await import('./llamacpp.js')).LlamaCppRunner.open(modelPath, { threads, log, dtype: model.dtype, cacheDir }) : null;
     const lcRuns = { prefill: [] as number[], decode: [] as number[] };
     await runOurs(model, null, prompt.slice(0, 8), 2); // warm-up
     if (lc) await lc.run(prompt.slice(0, 8), 2);

@@ -9,10 +9,14 @@ import { syntheticGgufVocab, ggufVocabFromTokenizerJson, writeGguf, type TensorS
 import type { DtypeName } from '../tensor.js';
 
 
-async function ensureGguf(modelPath: string, dtype: DtypeName, log: (s: string) => void): Promise<string> {
+async function ensureGguf(modelPath: string, dtype: DtypeName, cacheDir: string, log: (s: string) => void): Promise<string> {
   if (modelPath.endsWith('.gguf')) return modelPath;
-  const out = path.join(modelPath, `wina-bench-${dtype}.gguf`);
+  // Written beside the benchmark's other files, never into the user's checkpoint folder; reused while the
+  // checkpoint is unchanged (its mtime is part of the name).
+  const stamp = Math.floor(fs.statSync(modelPath).mtimeMs);
+  const out = path.join(cacheDir, `${path.basename(path.resolve(modelPath))}-${stamp}-${dtype}.gguf`);
   if (fs.existsSync(out)) return out;
+  fs.mkdirSync(cacheDir, { recursive: true });
   const ck = await openCheckpoint(modelPath);
   const fileDtype = [...ck.tensors.values()][0].dtype;
   if (fileDtype.toLowerCase() !== dtype) throw new Error(`--compare writes the checkpoint's own dtype (${fileDtype}); load it with --dtype ${fileDtype.toLowerCase()}`);
@@ -39,14 +43,14 @@ export class LlamaCppRunner {
     this.version = version;
   }
 
-  static async open(modelPath: string, o: { threads: number; dtype: DtypeName; log: (s: string) => void }): Promise<LlamaCppRunner> {
+  static async open(modelPath: string, o: { threads: number; dtype: DtypeName; cacheDir: string; log: (s: string) => void }): Promise<LlamaCppRunner> {
     let lib: typeof import('node-llama-cpp');
     try {
       lib = await import('node-llama-cpp');
     } catch {
       throw new Error('--compare llama.cpp needs node-llama-cpp (a devDependency): run `npm install` in the wina repository');
     }
-    const file = await ensureGguf(modelPath, o.dtype, o.log);
+    const file = await ensureGguf(modelPath, o.dtype, o.cacheDir, o.log);
     const llama = await lib.getLlama({ gpu: false, build: 'never', logLevel: lib.LlamaLogLevel.error });
     const lm = await llama.loadModel({ modelPath: file, gpuLayers: 0 });
     let version = 'unknown';
