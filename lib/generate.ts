@@ -108,12 +108,12 @@ export async function* generateWithStats(model: Model, prompt: string | number[]
   let finishReason: FinishReason = 'length';
   let kept = 0;
   let prefillSeconds = 0;
-  const tDecode0 = { t: 0 };
+  let decodeStart = 0;
   try {
     const t0 = performance.now();
     let { logits } = await session.forward(ids, { logits: 'last' });
     prefillSeconds = (performance.now() - t0) / 1000;
-    tDecode0.t = performance.now();
+    decodeStart = performance.now();
     let pending: number[] = [];
     while (generated.length < o.maxTokens) {
       if (options.signal?.aborted) {
@@ -155,7 +155,7 @@ export async function* generateWithStats(model: Model, prompt: string | number[]
     }
   } finally {
     session.dispose();
-    const decodeSeconds = (performance.now() - tDecode0.t) / 1000;
+    const decodeSeconds = decodeStart > 0 ? (performance.now() - decodeStart) / 1000 : 0;
     const decodeSteps = Math.max(0, generated.length - 1);
     onDone({
       finishReason,

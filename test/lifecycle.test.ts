@@ -132,6 +132,19 @@ describe('prebuild and ISA selection', () => {
     expect(r.rel).toBeLessThan(1e-3);
   });
 
+  it('the package entry point (`import ... from "wina"`) exposes the API and generates', () => {
+    const out = runNode(`
+      const wina = await import('wina');
+      const m = await wina.loadModel(undefined, { progress: false });
+      const r = await m.complete('In the beginning', { maxTokens: 6, temperature: 0 });
+      m.dispose();
+      console.log(JSON.stringify({ n: r.tokenIds.length, api: ['loadModel', 'WinaLoadError', 'gemvSparse', 'calibrateModel', 'transformCheckpoint', 'perplexity'].filter((k) => typeof wina[k] === 'function') }));
+    `);
+    const r = JSON.parse(out.trim().split('\n').pop()!);
+    expect(r.n).toBe(6);
+    expect(r.api).toHaveLength(6);
+  });
+
   it('a missing binary gives an actionable error', () => {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wina-nobinary-'));
     try {

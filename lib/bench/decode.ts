@@ -13,15 +13,6 @@ import { loadOptionsFrom, sparsityFrom } from '../cli.js';
 import { calibrateModel } from '../sparsity/calibrate.js';
 import { median } from './stats.js';
 
-export interface DecodeRun {
-  variant: string;
-  prefillTokS: number;
-  decodeTokS: number;
-  gbps: number;
-  bytesPerToken: number;
-}
-
-
 /** Bytes of weights one decode token reads under the given per-layer per-matrix levels. */
 export function bytesPerToken(model: Model, levels: number[][] | null): number {
   const c = model.config;
