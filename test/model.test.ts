@@ -195,9 +195,13 @@ describe('random Qwen2 and Llama 3 checkpoints against the float64 reference', (
     ['llama3', 'F32', 'f32'],
     ['qwen2', 'BF16', 'bf16'],
     ['llama3', 'F16', 'f16'],
+    ['mistral', 'F32', 'f32'],
   ] as const)('%s (%s): logits at every position match', async (kind, fileDtype, dtype) => {
     const dir = path.join(tmp, `${kind}-${fileDtype}`);
-    const hf = tinyConfig(kind);
+    // Mistral: the llama3 tiny shape without rope scaling, with a sliding window shorter than the input.
+    const hf = kind === 'mistral'
+      ? { ...tinyConfig('llama3'), architectures: ['MistralForCausalLM'], model_type: 'mistral', rope_scaling: null, sliding_window: 7 }
+      : tinyConfig(kind);
     await writeRandomCheckpoint(dir, hf, { dtype: fileDtype, seed: 42 });
     const ck = await openCheckpoint(dir);
     const weights = new Map<string, Float32Array>();
@@ -205,6 +209,12 @@ describe('random Qwen2 and Llama 3 checkpoints against the float64 reference', (
     const cfg = refConfigFromHf(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')));
     const tokens = Array.from({ length: 24 }, (_, i) => (i * 37 + 5) % cfg.vocabSize);
     const ref = referenceForward(cfg, weights, tokens);
+    if (kind === 'mistral') {
+      // The window must matter for this input, or the test would not check it.
+      expect(cfg.slidingWindow).toBe(7);
+      const full = referenceForward({ ...cfg, slidingWindow: null }, weights, tokens).at(-1)!;
+      expect(maxAbsDiff(full, ref.at(-1)!)).toBeGreaterThan(1e-2 * range(full));
+    }
     const model = await loadModel(dir, { progress: false, dtype });
     try {
       expect(model.config.attentionBias).toBe(kind === 'qwen2');
