@@ -403,7 +403,6 @@ Napi::Value ModelCreate(const Napi::CallbackInfo &info) {
   c.n_kv = (int)num_field(o, "numKvHeads");
   c.head_dim = (int)num_field(o, "headDim");
   c.vocab = (int)num_field(o, "vocabSize");
-  c.max_pos = (int)num_field(o, "maxPositions");
   c.eps = (float)num_field(o, "rmsNormEps");
   c.sliding_window = (int)num_field(o, "slidingWindow");
   c.bias = bool_field(o, "attentionBias");

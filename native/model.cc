@@ -187,8 +187,7 @@ static const char *kind_name(int kind) {
 
 static bool is_global(int kind) { return kind <= T_FINAL_NORM; }
 
-static size_t loaded_slot(const Model &m, int kind, int layer) {
-  (void)m;
+static size_t loaded_slot(int kind, int layer) {
   return is_global(kind) ? (size_t)kind : (size_t)T_KIND_COUNT * (layer + 1) + kind;
 }
 
@@ -317,7 +316,7 @@ bool model_set_tensor(Model *m, int kind, int layer, const void *src, int sdt, i
            ") of [?, " + std::to_string(cols) + "]";
     return false;
   }
-  int64_t &done = m->loaded[loaded_slot(*m, kind, layer)];
+  int64_t &done = m->loaded[loaded_slot(kind, layer)];
   if (row0 != done) {
     *err = std::string(kind_name(kind)) + ": rows must arrive in order and once (expected row " +
            std::to_string(done) + ", got " + std::to_string(row0) + ")";
@@ -380,7 +379,7 @@ bool model_set_tensor(Model *m, int kind, int layer, const void *src, int sdt, i
 bool model_finalize(Model *m, std::string *err) {
   const ModelConfig &c = m->c;
   auto need = [&](int kind, int layer) -> bool {
-    int64_t got = m->loaded[loaded_slot(*m, kind, layer)], want = tensor_rows(c, kind);
+    int64_t got = m->loaded[loaded_slot(kind, layer)], want = tensor_rows(c, kind);
     if (got == want) return true;
     *err = std::string(got ? "incomplete tensor " : "missing tensor ") + kind_name(kind) +
            (is_global(kind) ? std::string() : " of layer " + std::to_string(layer)) +

@@ -19,7 +19,7 @@ namespace wina {
 enum MatId { M_Q = 0, M_K, M_V, M_O, M_GATE, M_UP, M_DOWN, M_COUNT };
 
 struct ModelConfig {
-  int d = 0, ffn = 0, n_layers = 0, n_heads = 0, n_kv = 0, head_dim = 0, vocab = 0, max_pos = 0;
+  int d = 0, ffn = 0, n_layers = 0, n_heads = 0, n_kv = 0, head_dim = 0, vocab = 0;
   float eps = 1e-5f;
   int sliding_window = 0;  // 0: full causal attention
   bool bias = false;       // q/k/v biases (Qwen2)
