@@ -233,11 +233,7 @@ export async function loadModel(modelPath: string = DEFAULT_MODEL_PATH, options:
   if (tokFiles) tokenizer = new WinaTokenizer(tokFiles, { eosTokenIds: cfg.eosTokenIds });
 
   const handle = native.modelCreate({
-    hiddenSize: cfg.hiddenSize, intermediateSize: cfg.intermediateSize, numLayers: cfg.numLayers,
-    numHeads: cfg.numHeads, numKvHeads: cfg.numKvHeads, headDim: cfg.headDim, vocabSize: cfg.vocabSize,
-    maxPositions: cfg.maxPositions, rmsNormEps: cfg.rmsNormEps, slidingWindow: cfg.slidingWindow ?? 0,
-    attentionBias: cfg.attentionBias, tieWordEmbeddings: cfg.tieWordEmbeddings,
-    residualRotations: cfg.residualRotations, dtype: dtypeCode(dtype), invFreq: ropeInvFreq(cfg),
+    ...cfg, slidingWindow: cfg.slidingWindow ?? 0, dtype: dtypeCode(dtype), invFreq: ropeInvFreq(cfg),
   });
   try {
     // Tensors in file order, each in chunks of rows through one reusable buffer: peak memory is the

@@ -6,6 +6,8 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import type { ModelConfig } from './loaders/types.js';
+
 export type Dtype = 0 | 1 | 2; // f32 | bf16 | f16, as in native/kernels.h
 export const DTYPE_F32 = 0;
 export const DTYPE_BF16 = 1;
@@ -26,23 +28,14 @@ export interface NativePlan {
   prefill: number;
 }
 
-export interface NativeModelConfig {
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  vocabSize: number;
-  maxPositions: number;
-  rmsNormEps: number;
+/** What the engine needs of a ModelConfig, plus the dtype in memory and the RoPE frequencies. */
+export type NativeModelConfig = Pick<ModelConfig, 'hiddenSize' | 'intermediateSize' | 'numLayers' | 'numHeads' |
+  'numKvHeads' | 'headDim' | 'vocabSize' | 'rmsNormEps' | 'attentionBias' | 'tieWordEmbeddings' | 'residualRotations'> & {
+  /** 0: full causal attention. */
   slidingWindow: number;
-  attentionBias: boolean;
-  tieWordEmbeddings: boolean;
-  residualRotations: boolean;
   dtype: Dtype;
   invFreq: Float32Array;
-}
+};
 
 export interface ForwardStats {
   /** Mean fraction of matrix inputs kept (1 = dense). */

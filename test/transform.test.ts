@@ -14,6 +14,7 @@ import { columnNorms } from '../lib/sparsity/masks.js';
 import { encodeValues, transformCheckpoint, transformWeights, type TransformProgress } from '../lib/sparsity/transform.js';
 import { writeRandomCheckpoint, tinyConfig as syntheticTinyConfig } from '../lib/synthetic.js';
 import { argmax, loadReferenceWeights, referenceForward } from './helpers/reference.js';
+import { mulberry32 } from './helpers/rng.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const shared = path.resolve(repoRoot, '../shared');
@@ -22,16 +23,8 @@ const haveShared = fs.existsSync(path.join(tinyModel, 'f32/model.safetensors'));
 
 // ---- a random tiny model held in memory --------------------------------------------------------
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded uniform generator (mulberry32), so every run sees the same networks. */
+const rng = mulberry32;
 
 function tinyConfig(over: Partial<ModelConfig> = {}): ModelConfig {
   return {

@@ -9,20 +9,12 @@
 import { describe, expect, it } from 'vitest';
 import { Matrix, SVD } from 'ml-matrix';
 import { columnNorms, scoresTeal, scoresWina, topkMask } from '../lib/sparsity/masks.js';
+import { mulberry32 } from './helpers/rng.js';
 
 // ---- seeded random numbers ---------------------------------------------------------------------
 
-/** mulberry32: a tiny seeded uniform generator, so every run sees the same networks. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded uniform generator (mulberry32), so every run sees the same networks. */
+const rng = mulberry32;
 
 /** Standard normal samples (Box-Muller). */
 function gaussian(rand: () => number, n: number): Float64Array {
