@@ -98,6 +98,17 @@ const void *weights_of(const Napi::Value &v, int dtype, int64_t ld, int64_t n_in
   return w.data;
 }
 
+// A matrix argument as 5 consecutive arguments starting at `at`: dtype, weights, ld, nIn, out.
+Matrix matrix_arg(const Napi::CallbackInfo &info, size_t at) {
+  Matrix m;
+  m.dtype = dtype_of(info[at]);
+  m.ld = int_of(info[at + 2], "ld");
+  m.n_in = int_of(info[at + 3], "nIn");
+  m.out = int_of(info[at + 4], "out");
+  m.data = weights_of(info[at + 1], m.dtype, m.ld, m.n_in, m.out);
+  return m;
+}
+
 // ============================================================================================
 // Async plumbing: run a native job on a libuv worker, settle a Promise on the JS thread.
 // ============================================================================================
@@ -180,9 +191,10 @@ Napi::Value Detach(const Napi::CallbackInfo &info) {
 Napi::Value ColNorms(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   const wina_kernels *k = table_of(info[0]);
-  int dt = dtype_of(info[1]);
-  int64_t ld = int_of(info[3], "ld"), n_in = int_of(info[4], "nIn"), out = int_of(info[5], "out");
-  const void *w = weights_of(info[2], dt, ld, n_in, out);
+  const Matrix m = matrix_arg(info, 1);
+  const int dt = m.dtype;
+  const int64_t ld = m.ld, n_in = m.n_in, out = m.out;
+  const void *w = m.data;
   View c = f32_of(info[6], "norms");
   if ((int64_t)c.length < n_in) throw_range(env, "norms: length must be >= nIn");
   k->col_norms(dt, w, ld, n_in, out, (float *)c.data);
@@ -239,9 +251,10 @@ void check_indices(Napi::Env env, const int32_t *idx, int64_t n, int64_t n_in) {
 Napi::Value GemvSparse(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   const wina_kernels *k = table_of(info[0]);
-  int dt = dtype_of(info[1]);
-  int64_t ld = int_of(info[3], "ld"), n_in = int_of(info[4], "nIn"), out = int_of(info[5], "out");
-  const void *w = weights_of(info[2], dt, ld, n_in, out);
+  const Matrix m = matrix_arg(info, 1);
+  const int dt = m.dtype;
+  const int64_t ld = m.ld, n_in = m.n_in, out = m.out;
+  const void *w = m.data;
   View x = f32_of(info[6], "x");
   View idx = i32_of(info[7], "indices");
   int64_t nidx = int_of(info[8], "count");
@@ -259,9 +272,10 @@ Napi::Value GemvSparse(const Napi::CallbackInfo &info) {
 Napi::Value GemvDense(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   const wina_kernels *k = table_of(info[0]);
-  int dt = dtype_of(info[1]);
-  int64_t ld = int_of(info[3], "ld"), n_in = int_of(info[4], "nIn"), out = int_of(info[5], "out");
-  const void *w = weights_of(info[2], dt, ld, n_in, out);
+  const Matrix m = matrix_arg(info, 1);
+  const int dt = m.dtype;
+  const int64_t ld = m.ld, n_in = m.n_in, out = m.out;
+  const void *w = m.data;
   View x = f32_of(info[6], "x");
   View y = f32_of(info[7], "y");
   if ((int64_t)x.length < n_in) throw_range(env, "x: length must be >= nIn");
@@ -286,11 +300,7 @@ struct LinearArgs {
 LinearArgs linear_args(const Napi::CallbackInfo &info, bool sparse) {
   Napi::Env env = info.Env();
   LinearArgs a;
-  a.w.dtype = dtype_of(info[0]);
-  a.w.ld = int_of(info[2], "ld");
-  a.w.n_in = int_of(info[3], "nIn");
-  a.w.out = int_of(info[4], "out");
-  a.w.data = weights_of(info[1], a.w.dtype, a.w.ld, a.w.n_in, a.w.out);
+  a.w = matrix_arg(info, 0);
   View x = f32_of(info[5], "x");
   if ((int64_t)x.length < a.w.n_in) throw_range(env, "x: length must be >= nIn");
   a.x = (const float *)x.data;
